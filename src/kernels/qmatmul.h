@@ -1,0 +1,40 @@
+/* MLX affine-quantized matrix kernels (spec/engine.md §3).
+ * A quantized Linear W[rows][cols] is stored as packed U32 words, LSB first, with one scale and one
+ * bias per group of group_size columns: w = scale * q + bias. Pointers come straight from an mmap'd
+ * safetensors file, so they may be unaligned: kernels load through memcpy or unaligned SIMD loads. */
+#ifndef PUNIE_KERNELS_QMATMUL_H
+#define PUNIE_KERNELS_QMATMUL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum float_dtype { DT_F32, DT_F16, DT_BF16 };
+
+typedef struct qweight {
+    const uint8_t *packed;  /* rows * cols * bits / 8 bytes */
+    const uint8_t *scales;  /* rows * (cols / group_size) values of sdtype */
+    const uint8_t *biases;  /* same shape and dtype as scales */
+    enum float_dtype sdtype;
+    int rows, cols, bits, group_size; /* bits: 4 or 8; group_size: 32, 64 or 128 */
+} qweight;
+
+/* y[t * ldy + r] = sum_c x[t * cols + c] * w[r][c] for t in [0, n_tok) and r in [r0, r1).
+ * Callers split [0, rows) across threads; the function itself is single-threaded. */
+void qmatmul(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
+
+/* The scalar reference, always available (used by tests to check the SIMD paths). */
+void qmatmul_scalar(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
+
+/* Dequantizes one row (embedding lookup). */
+void qweight_dequant_row(const qweight *w, int row, float *out);
+
+/* Conversions used everywhere floats are stored as F16/BF16. */
+float f16_to_f32(uint16_t h);
+float bf16_to_f32(uint16_t b);
+float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unaligned-safe */
+
+/* The instruction set the dispatcher picked: "avx512vnni", "avx512", "avx2" or "scalar".
+ * PUNIE_ISA=scalar|avx2|avx512 in the environment caps the choice (tests, benchmarks). */
+const char *kernels_isa(void);
+
+#endif

@@ -1,0 +1,99 @@
+/* Portable reference kernels. They use the per-group identity of spec/engine.md §3.1:
+ * y = sum_g (s_g * sum_{j in g} x_j q_j + b_g * sum_{j in g} x_j). */
+#include "kernels/qmatmul.h"
+
+#include <math.h>
+#include <string.h>
+
+float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalise */
+            int e = -1;
+            do {
+                e++;
+                mant <<= 1;
+            } while (!(mant & 0x400));
+            mant &= 0x3ff;
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | (mant << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float bf16_to_f32(uint16_t b)
+{
+    uint32_t bits = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+float load_float(const uint8_t *p, enum float_dtype dt, size_t index)
+{
+    if (dt == DT_F32) {
+        float f;
+        memcpy(&f, p + index * 4, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, p + index * 2, 2);
+    return dt == DT_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+static inline unsigned quant_at(const uint8_t *row, int bits, int j)
+{
+    if (bits == 8)
+        return row[j];
+    /* 4-bit: element j is in byte j/2, low nibble first (LSB-first words, little-endian). */
+    uint8_t byte = row[j >> 1];
+    return (j & 1) ? (byte >> 4) : (byte & 0xf);
+}
+
+void qmatmul_scalar(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
+{
+    const int groups = w->cols / w->group_size;
+    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = w->packed + (size_t)r * row_bytes;
+        for (int t = 0; t < n_tok; t++) {
+            const float *xt = x + (size_t)t * w->cols;
+            float acc = 0.0f;
+            for (int g = 0; g < groups; g++) {
+                float s = load_float(w->scales, w->sdtype, (size_t)r * groups + g);
+                float b = load_float(w->biases, w->sdtype, (size_t)r * groups + g);
+                float dot = 0.0f, sum = 0.0f;
+                for (int j = g * w->group_size; j < (g + 1) * w->group_size; j++) {
+                    dot += xt[j] * (float)quant_at(row, w->bits, j);
+                    sum += xt[j];
+                }
+                acc += s * dot + b * sum;
+            }
+            y[(size_t)t * ldy + r] = acc;
+        }
+    }
+}
+
+void qweight_dequant_row(const qweight *w, int row, float *out)
+{
+    const int groups = w->cols / w->group_size;
+    const uint8_t *packed = w->packed + (size_t)row * ((size_t)w->cols * (size_t)w->bits / 8);
+    for (int g = 0; g < groups; g++) {
+        float s = load_float(w->scales, w->sdtype, (size_t)row * groups + g);
+        float b = load_float(w->biases, w->sdtype, (size_t)row * groups + g);
+        for (int j = g * w->group_size; j < (g + 1) * w->group_size; j++)
+            out[j] = s * (float)quant_at(packed, w->bits, j) + b;
+    }
+}

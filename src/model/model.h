@@ -1,0 +1,43 @@
+/* A loaded Qwen2 model (MLX affine-quantized safetensors) and evaluation contexts over it. */
+#ifndef PUNIE_MODEL_MODEL_H
+#define PUNIE_MODEL_MODEL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/err.h"
+
+typedef struct model_config {
+    int hidden_size, intermediate_size, n_layers, n_heads, n_kv_heads, head_dim;
+    int vocab_size;            /* rows of the embedding / width of the logits */
+    int max_position_embeddings;
+    float rope_theta, rms_norm_eps;
+    bool tied_embeddings;      /* no lm_head: the embedding is the output matrix */
+} model_config;
+
+typedef struct model model;
+
+/* Maps dir/config.json and its safetensors files; validates every tensor against the config.
+ * n_threads <= 0 means all cores. Errors name the file and tensor. */
+int model_load(const char *dir, int n_threads, model **out, perr *err);
+void model_free(model *m);
+const model_config *model_get_config(const model *m);
+size_t model_weight_bytes(const model *m); /* bytes of weights read per generated token */
+
+/* One sequence: its KV cache and scratch buffers. Contexts of one model may run concurrently
+ * (each uses the model's thread pool in turn). */
+typedef struct model_ctx model_ctx;
+
+int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err);
+void model_ctx_free(model_ctx *c);
+int model_ctx_n_ctx(const model_ctx *c);
+int model_ctx_pos(const model_ctx *c);           /* tokens held in the KV cache */
+void model_ctx_truncate(model_ctx *c, int n);    /* keep the first n (prompt-cache reuse) */
+
+/* Runs n tokens at positions pos..pos+n-1 (prefill as a batch; n == 1 is decode) and appends them to
+ * the cache. logits_last (vocab_size floats) receives the last token's logits when not NULL;
+ * all_logits (n * vocab_size) every token's when not NULL. Fails if the context would overflow. */
+int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_last, float *all_logits, perr *err);
+
+#endif
