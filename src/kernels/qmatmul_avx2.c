@@ -4,7 +4,7 @@
  * per group to int8, weights unpacked to unsigned bytes once per tile, products with maddubs (u8 x s8
  * to int16 pairs; 4-bit values keep it far from saturation) and madd to int32 lanes, then a lane-wise
  * float scale. 8-bit weights are split into nibbles so maddubs cannot saturate. */
-#include "kernels/qmatmul_internal.h"
+#include "kernels/qmatmul_quant.h"
 
 #include <immintrin.h>
 
@@ -39,10 +39,16 @@ static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int 
         for (; i + 8 <= n; i += 8)
             _mm256_storeu_ps(dst + i, _mm256_loadu_ps((const float *)(s + (size_t)i * 4)));
     }
-    for (; i < n; i++)
-        dst[i] = load_float(src, dt, i0 + (size_t)i);
-    for (; i < padded; i++)
-        dst[i] = 0.0f;
+    if (i < n) {
+        /* the last partial vector goes through a zeroed copy: never read past the tensor */
+        const size_t esz = dt == DT_F32 ? 4 : 2;
+        _Alignas(64) uint8_t tmp[8 * 4] = {0};
+        memcpy(tmp, src + (i0 + (size_t)i) * esz, (size_t)(n - i) * esz);
+        convert_row(tmp, dt, 0, 8, dst + i, 8);
+        i += 8;
+    }
+    for (; i < padded; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
 }
 
 static inline __attribute__((always_inline)) __m256i dot_chunk(__m256i lo, __m256i hi, __m256i ql,

@@ -5,7 +5,7 @@
  * multiplied against NT tokens with vpdpbusd (or maddubs+madd without VNNI). The int32 lanes of a chunk
  * each lie within one group, so a lane-wise float scale (row scale x token dx) turns them into floats.
  * A tile is 4 rows x NT tokens of float accumulators; bias terms use the exact group sums of x. */
-#include "kernels/qmatmul_internal.h"
+#include "kernels/qmatmul_quant.h"
 
 #include <immintrin.h>
 
@@ -45,10 +45,16 @@ static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int 
         for (; i + 16 <= n; i += 16)
             _mm512_storeu_ps(dst + i, _mm512_loadu_ps(s + (size_t)i * 4));
     }
-    for (; i < n; i++)
-        dst[i] = load_float(src, dt, i0 + (size_t)i);
-    for (; i < padded; i++)
-        dst[i] = 0.0f;
+    if (i < n) {
+        /* the last partial vector goes through a zeroed copy: never read past the tensor */
+        const size_t esz = dt == DT_F32 ? 4 : 2;
+        _Alignas(64) uint8_t tmp[16 * 4] = {0};
+        memcpy(tmp, src + (i0 + (size_t)i) * esz, (size_t)(n - i) * esz);
+        convert_row(tmp, dt, 0, 16, dst + i, 16);
+        i += 16;
+    }
+    for (; i < padded; i += 16)
+        _mm512_storeu_ps(dst + i, _mm512_setzero_ps());
 }
 
 static inline __attribute__((always_inline)) __m512i dot_chunk(__m512i lo, __m512i hi, __m512i ql,
