@@ -1219,7 +1219,7 @@ static int bpe_piece(encoder *e, const unsigned char *b, size_t len, ids_vec *ou
     }
 
     /* Heap of candidate merges ordered by (rank, position); stale entries are skipped on pop. */
-    if (len > e->heap_cap) {
+    if (len * 3 > e->heap_cap) {
         heap_entry *nh = realloc(e->heap, len * 3 * sizeof *nh);
         if (!nh)
             return -1;
