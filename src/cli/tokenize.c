@@ -7,6 +7,7 @@
 #include "cli/cli.h"
 #include "hub/local.h"
 #include "tokenizer/tokenizer.h"
+#include "util/fs.h"
 
 #define MAX_INPUT (1u << 30)
 
@@ -124,7 +125,12 @@ int cmd_tokenize(int argc, char **argv)
 
     perr err = {0};
     resolved_model rm;
-    if (model_resolve(model, models_dir, &rm, &err) != 0) {
+    char tj[PUNIE_PATH_MAX + 32];
+    snprintf(tj, sizeof tj, "%s/tokenizer.json", model ? model : "");
+    if (model && dir_exists(model) && file_exists(tj)) {
+        /* Only the tokenizer is needed: a folder with tokenizer.json is enough. */
+        snprintf(rm.dir, sizeof rm.dir, "%s", model);
+    } else if (model_resolve(model, models_dir, &rm, &err) != 0) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
