@@ -1,19 +1,34 @@
 /* Run-time choice of the kernel implementation: the best instruction set the CPU and the OS support,
- * capped by PUNIE_ISA=scalar|avx2|avx512 (for tests and benchmarks). Also the per-thread scratch
+ * capped by PUNIE_ISA=scalar|avx2|avx512|amx (for tests and benchmarks). "amx" is AVX-512 VNNI with
+ * AMX tiles for batches of 16 tokens or more (prefill). Also the per-thread scratch
  * memory the SIMD kernels use for quantized activations. */
 #include "kernels/qmatmul.h"
 #include "kernels/qmatmul_internal.h"
 
 #include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef void (*qmatmul_fn)(const qweight *, const float *, int, float *, int, int, int);
 
-enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512VNNI, ISA_COUNT };
-static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni"};
+/* Batches at least this large go to the AMX kernel. */
+#define AMX_MIN_TOKENS 16
+
+static void qmatmul_amx_or_vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy,
+                                int r0, int r1)
+{
+    if (n_tok >= AMX_MIN_TOKENS && r1 > r0)
+        qmatmul_amx(w, x, n_tok, y, ldy, r0, r1);
+    else
+        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
+}
+
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512VNNI, ISA_AMX, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
 static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx512,
-                                              qmatmul_avx512vnni};
+                                              qmatmul_avx512vnni, qmatmul_amx_or_vnni};
 
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int isa_best;    /* best supported by this CPU */
@@ -30,7 +45,17 @@ static int cpu_level(void)
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
         return ISA_AVX2;
-    return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512VNNI : ISA_AVX512;
+    if (!__builtin_cpu_supports("avx512vnni"))
+        return ISA_AVX512;
+#if defined(__x86_64__) && defined(SYS_arch_prctl)
+    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8")) {
+        /* Linux hands out the large AMX register state only on request (ARCH_REQ_XCOMP_PERM for
+         * XFEATURE_XTILEDATA); the permission covers every thread of the process. */
+        if (syscall(SYS_arch_prctl, 0x1023, 18) == 0)
+            return ISA_AMX;
+    }
+#endif
+    return ISA_AVX512VNNI;
 #else
     return ISA_SCALAR;
 #endif
@@ -49,6 +74,8 @@ static void isa_init(void)
             lim = ISA_AVX2;
         else if (strcmp(cap, "avx512") == 0)
             lim = ISA_AVX512VNNI; /* AVX-512, with VNNI where present */
+        else if (strcmp(cap, "amx") == 0)
+            lim = ISA_AMX;
         else if (strcmp(cap, "avx512novnni") == 0)
             lim = ISA_AVX512;
         if (isa_current > lim)
