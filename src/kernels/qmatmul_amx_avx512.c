@@ -68,7 +68,6 @@ void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy,
     const int ntb = (n_tok + 15) / 16, npad = ntb * 16;
     const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
 
-    int8_t *qn = kernels_scratch(0, (size_t)npad * (size_t)cols);
     int8_t *xb = kernels_scratch(1, (size_t)npad * (size_t)cols);
     float *dxv = kernels_scratch(2, (size_t)ntb * (size_t)groups * 16 * sizeof(float));
     float *xsv = kernels_scratch(3, (size_t)ntb * (size_t)groups * 16 * sizeof(float));
@@ -76,52 +75,53 @@ void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy,
     float *sp = kernels_scratch(5, (size_t)groups * PR * 2 * sizeof(float));
     float *acc = kernels_scratch(6, (size_t)PR * 32 * sizeof(float));
     int32_t *ctmp = kernels_scratch(7, 2 * 4 * 256 * sizeof(int32_t));
-    if (!qn || !xb || !dxv || !xsv || !wp || !sp || !acc || !ctmp) {
+    if (!xb || !dxv || !xsv || !wp || !sp || !acc || !ctmp) {
         qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
         return;
     }
     float *bp = sp + (size_t)groups * PR;
 
-    /* Activations: per-group int8 in element order, then the tile layout. */
+    /* Activations: per-group int8 written straight into the B tile layout. The B tile of (token
+     * block tb, k-step s) has K/4 rows of 64 bytes; row kk holds, for each of the 16 tokens, the 4
+     * activation bytes k = s*K + 4kk .. +3. Padding tokens are zero. */
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-    for (int t = 0; t < npad; t++) {
-        int8_t *qt = qn + (size_t)t * (size_t)cols;
-        float *dxt = dxv + (size_t)(t / 16) * (size_t)groups * 16 + (size_t)(t % 16);
-        float *xst = xsv + (size_t)(t / 16) * (size_t)groups * 16 + (size_t)(t % 16);
-        if (t >= n_tok) {
-            memset(qt, 0, (size_t)cols);
-            for (int g = 0; g < groups; g++)
-                dxt[(size_t)g * 16] = xst[(size_t)g * 16] = 0.0f;
-            continue;
-        }
-        const float *xt = x + (size_t)t * (size_t)cols;
+    const __m256i dword_rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112); /* in dwords */
+    if (npad > n_tok)
+        for (int tb = 0; tb < ntb; tb++)
+            if (tb * 16 + 15 >= n_tok) /* the block with padding tokens: clear it whole */
+                memset(xb + (size_t)tb * 16 * (size_t)cols, 0, (size_t)16 * (size_t)cols);
+    /* Token blocks outside, groups inside: the 16 tokens of a group fill 16*G contiguous bytes of
+     * tiles, which stay in L1 while they are written. */
+    for (int tb = 0; tb < ntb; tb++) {
+        const int tn = n_tok - tb * 16 < 16 ? n_tok - tb * 16 : 16;
         for (int g = 0; g < groups; g++) {
-            const float *xg = xt + (size_t)g * (size_t)G;
-            __m256 vmax = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
-            for (int j = 0; j < G; j += 8) {
-                __m256 v = _mm256_loadu_ps(xg + j);
-                vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
-                vsum = _mm256_add_ps(vsum, v);
+            float *dxg = dxv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
+            float *xsg = xsv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
+            for (int n = tn; n < 16; n++)
+                dxg[n] = xsg[n] = 0.0f;
+            for (int n = 0; n < tn; n++) {
+                const float *xg = x + (size_t)(tb * 16 + n) * (size_t)cols + (size_t)g * (size_t)G;
+                __m256 vmax = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
+                for (int j = 0; j < G; j += 8) {
+                    __m256 v = _mm256_loadu_ps(xg + j);
+                    vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
+                    vsum = _mm256_add_ps(vsum, v);
+                }
+                const float amax = hmax8(vmax);
+                xsg[n] = hsum8(vsum);
+                dxg[n] = amax / 127.0f;
+                const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+                int8_t *xbt = xb + (size_t)tb * 16 * (size_t)cols + (size_t)n * 4;
+                for (int j = 0; j < G; j += 32) {
+                    /* elements k..k+31 are 8 dwords for 8 consecutive tile rows (64 bytes apart);
+                     * K is a multiple of 32, so they never straddle a k-step */
+                    const int k = g * G + j;
+                    int8_t *dst = xbt + (size_t)(k / K) * (size_t)K * 16 + (size_t)((k % K) / 4) * 64;
+                    _mm256_i32scatter_epi32((void *)dst, dword_rows, quant32(xg + j, inv), 4);
+                }
             }
-            const float amax = hmax8(vmax);
-            xst[(size_t)g * 16] = hsum8(vsum);
-            dxt[(size_t)g * 16] = amax / 127.0f;
-            const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-            for (int j = 0; j < G; j += 32)
-                _mm256_storeu_si256((__m256i *)(qt + (size_t)g * (size_t)G + (size_t)j), quant32(xg + j, inv));
         }
     }
-    /* B tile of (token block tb, k-step s): K/4 rows of 64 bytes; row kk holds, for each of the 16
-     * tokens, the 4 activation bytes k = s*K + 4kk .. +3. */
-    const __m512i gidx = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(cols));
-    for (int tb = 0; tb < ntb; tb++)
-        for (int s = 0; s < ksteps; s++)
-            for (int kk = 0; kk < K / 4; kk++) {
-                const int8_t *base = qn + (size_t)tb * 16 * (size_t)cols + (size_t)s * (size_t)K + (size_t)(4 * kk);
-                int8_t *out = xb + (((size_t)tb * (size_t)ksteps + (size_t)s) * (size_t)(K / 4) + (size_t)kk) * 64;
-                _mm512_storeu_si512((void *)out, _mm512_i32gather_epi32(gidx, (const void *)base, 1));
-            }
 
     tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
