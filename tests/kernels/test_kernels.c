@@ -232,6 +232,19 @@ static void test_matmul(void)
         free(x);
         free_weight(&tw);
     }
+    /* More tokens than one kernel call takes at once (the dispatcher slices long batches). */
+    {
+        test_weight tw;
+        int cols = 256, n_tok = 301, rows = 9;
+        make_weight(&tw, rows, cols, 4, 32, DT_BF16);
+        float *x = malloc(sizeof(float) * (size_t)n_tok * cols);
+        make_x(x, n_tok, cols, 32);
+        for (int k = 0; k < 5; k++)
+            if (kernels_select_isa(isas[k]) == 0)
+                check_case(isas[k], &tw, x, n_tok, 2, rows, rows + 1);
+        free(x);
+        free_weight(&tw);
+    }
     for (int k = 0; k < 5; k++)
         printf("%-10s %s (%d cases)\n", isas[k], ran[k] ? "checked" : "not supported here", ran[k]);
     CHECK(ran[0] > 0, "scalar path must always exist");
