@@ -91,7 +91,13 @@ static void isa_init(void)
 void qmatmul(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
     pthread_once(&isa_once, isa_init);
-    const qmatmul_fn fn = isa_fns[isa_current];
+    qmatmul_fn fn = isa_fns[isa_current];
+    /* The SIMD kernels handle exactly what MLX affine 4/8-bit files contain; anything else (the
+     * loader should have refused it) takes the generic scalar path rather than misbehaving. */
+    const int G = w->group_size;
+    if ((w->bits != 4 && w->bits != 8) || (G != 32 && G != 64 && G != 128) || w->cols <= 0 ||
+        w->cols % G != 0)
+        fn = qmatmul_scalar;
     for (int t0 = 0; t0 < n_tok; t0 += MAX_TOKENS_PER_CALL) {
         const int n = n_tok - t0 < MAX_TOKENS_PER_CALL ? n_tok - t0 : MAX_TOKENS_PER_CALL;
         fn(w, x + (size_t)t0 * (size_t)w->cols, n, y + (size_t)t0 * (size_t)ldy, ldy, r0, r1);
