@@ -24,6 +24,7 @@
 #define MAX_JSON_DEPTH 64
 
 size_t tokenizer_bpe_heap_min = 64;
+bool tokenizer_cache_enabled = true;
 
 typedef struct added_token {
     int32_t id;
@@ -42,12 +43,17 @@ typedef struct merge_slot {
 struct tokenizer {
     /* Token bytes (raw, after undoing the byte-level map) for ids 0..n_ids-1; len -1 = no token. */
     int32_t n_ids;
-    uint32_t *tok_off;
-    int32_t *tok_len;
+    struct tok {
+        uint32_t off;
+        int32_t len;
+    } *tok;
     char *bytes;
     size_t bytes_len, bytes_cap;
 
-    int32_t *vocab_slots; /* open addressing over BPE vocab ids, keyed by bytes; -1 free */
+    struct vocab_slot {
+        uint32_t tag; /* high bits of the hash, to skip most mismatches without touching the bytes */
+        int32_t id;   /* -1 free */
+    } *vocab_slots;   /* open addressing over BPE vocab ids, keyed by bytes */
     size_t vocab_mask;
 
     merge_slot *merges;
@@ -125,12 +131,15 @@ static size_t pow2_at_least(size_t n)
 
 static int32_t vocab_find(const tokenizer *t, const void *bytes, size_t len)
 {
-    size_t i = hash_bytes(bytes, len) & t->vocab_mask;
+    uint64_t h = hash_bytes(bytes, len);
+    uint32_t tag = (uint32_t)(h >> 32);
+    size_t i = h & t->vocab_mask;
     for (;;) {
-        int32_t id = t->vocab_slots[i];
+        int32_t id = t->vocab_slots[i].id;
         if (id < 0)
             return -1;
-        if ((size_t)t->tok_len[id] == len && memcmp(t->bytes + t->tok_off[id], bytes, len) == 0)
+        if (t->vocab_slots[i].tag == tag && (size_t)t->tok[id].len == len &&
+            memcmp(t->bytes + t->tok[id].off, bytes, len) == 0)
             return id;
         i = (i + 1) & t->vocab_mask;
     }
@@ -468,7 +477,14 @@ static int add_merge(tokenizer *t, const buf *a, const buf *b, int32_t rank, buf
     if (tmp->len > MAX_TOKEN_BYTES)
         return perr_set(err, "merge %zu: token too long", index);
     memcpy(cat + la, tmp->p, tmp->len);
-    int32_t ic = vocab_find(t, cat, la + tmp->len);
+    /* In files built the usual way merge r created token 256 + r: check that before hashing. */
+    int32_t ic = -1, guess = 256 + rank;
+    size_t lc = la + tmp->len;
+    if (guess < t->n_ids && (size_t)t->tok[guess].len == lc && !t->is_added[guess] &&
+        memcmp(t->bytes + t->tok[guess].off, cat, lc) == 0)
+        ic = guess;
+    else
+        ic = vocab_find(t, cat, lc);
     if (ia < 0 || ib < 0 || ic < 0)
         return perr_set(err, "merge %zu (\"%.*s\" \"%.*s\") refers to a token missing from the vocab", index,
                         (int)(a->len > 40 ? 40 : a->len), a->p, (int)(b->len > 40 ? 40 : b->len), b->p);
@@ -485,13 +501,10 @@ static int add_merge(tokenizer *t, const buf *a, const buf *b, int32_t rank, buf
 
 static int parse_merges(tokenizer *t, jscan *s, perr *err)
 {
-    /* Count elements first to size the table: a cheap pass over the span. */
-    jscan c = *s;
-    if (skip_value(&c, err) != 0)
-        return -1;
+    /* Count quotes in the span (it ends right after the merges value) to size the table. */
     size_t approx = 0;
-    for (const char *p = s->p; p < c.p; p++)
-        approx += *p == '"';
+    for (const char *p = s->p; (p = memchr(p, '"', (size_t)(s->end - p))) != NULL; p++)
+        approx++;
     size_t slots = pow2_at_least(approx + 16); /* approx counts quotes: >= 2 per merge, so load <= 0.5 */
     t->merges = malloc(slots * sizeof *t->merges);
     if (!t->merges)
@@ -842,33 +855,33 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
         if (t->added[i].id > max_id)
             max_id = t->added[i].id;
     t->n_ids = max_id + 1;
-    t->tok_off = malloc((size_t)t->n_ids * sizeof *t->tok_off);
-    t->tok_len = malloc((size_t)t->n_ids * sizeof *t->tok_len);
+    t->tok = malloc((size_t)t->n_ids * sizeof *t->tok);
     t->is_added = calloc((size_t)t->n_ids, sizeof *t->is_added);
     t->is_added_special = calloc((size_t)t->n_ids, sizeof *t->is_added_special);
     size_t slots = pow2_at_least(n * 2 + 16);
     t->vocab_slots = malloc(slots * sizeof *t->vocab_slots);
-    if (!t->tok_off || !t->tok_len || !t->is_added || !t->is_added_special || !t->vocab_slots)
+    if (!t->tok || !t->is_added || !t->is_added_special || !t->vocab_slots)
         return perr_set(err, "out of memory");
     t->vocab_mask = slots - 1;
     for (int32_t i = 0; i < t->n_ids; i++)
-        t->tok_len[i] = -1;
+        t->tok[i].len = -1;
     memset(t->vocab_slots, 0xff, slots * sizeof *t->vocab_slots);
     for (size_t i = 0; i < n; i++) {
-        if (t->tok_len[v[i].id] >= 0)
+        if (t->tok[v[i].id].len >= 0)
             return perr_set(err, "vocab id %d appears twice", v[i].id);
-        t->tok_off[v[i].id] = v[i].off;
-        t->tok_len[v[i].id] = (int32_t)v[i].len;
-        size_t h = hash_bytes(t->bytes + v[i].off, v[i].len) & t->vocab_mask;
+        t->tok[v[i].id].off = v[i].off;
+        t->tok[v[i].id].len = (int32_t)v[i].len;
+        uint64_t hv = hash_bytes(t->bytes + v[i].off, v[i].len);
+        size_t h = hv & t->vocab_mask;
         bool dup = false;
-        while (t->vocab_slots[h] >= 0) {
-            int32_t o = t->vocab_slots[h];
-            if ((uint32_t)t->tok_len[o] == v[i].len && memcmp(t->bytes + t->tok_off[o], t->bytes + v[i].off, v[i].len) == 0)
+        while (t->vocab_slots[h].id >= 0) {
+            int32_t o = t->vocab_slots[h].id;
+            if ((uint32_t)t->tok[o].len == v[i].len && memcmp(t->bytes + t->tok[o].off, t->bytes + v[i].off, v[i].len) == 0)
                 dup = true;
             h = (h + 1) & t->vocab_mask;
         }
         if (!dup)
-            t->vocab_slots[h] = v[i].id;
+            t->vocab_slots[h] = (struct vocab_slot){(uint32_t)(hv >> 32), v[i].id};
     }
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
@@ -882,8 +895,8 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
         uint32_t off;
         if (store_bytes(t, a->content, a->len, &off) != 0)
             return perr_set(err, "out of memory");
-        t->tok_off[a->id] = off;
-        t->tok_len[a->id] = (int32_t)a->len;
+        t->tok[a->id].off = off;
+        t->tok[a->id].len = (int32_t)a->len;
         t->is_added[a->id] = true;
         t->is_added_special[a->id] = a->special;
         t->added_first[(unsigned char)a->content[0] >> 3] |= (unsigned char)(1u << (a->content[0] & 7));
@@ -1027,8 +1040,7 @@ void tokenizer_free(tokenizer *t)
 {
     if (!t)
         return;
-    free(t->tok_off);
-    free(t->tok_len);
+    free(t->tok);
     free(t->bytes);
     free(t->vocab_slots);
     free(t->merges);
@@ -1292,7 +1304,7 @@ static int cache_grow(encoder *e)
 
 static int encode_piece(encoder *e, const unsigned char *b, size_t len, ids_vec *out)
 {
-    if (len == 1 || len > CACHE_MAX_KEY)
+    if (len == 1 || len > CACHE_MAX_KEY || !tokenizer_cache_enabled)
         return bpe_piece(e, b, len, out);
     uint64_t h = hash_bytes(b, len);
     if (e->slots) {
@@ -1525,7 +1537,7 @@ static int append_sanitized(buf *out, const unsigned char *s, size_t len)
 
 static bool id_valid(const tokenizer *t, int32_t id)
 {
-    return id >= 0 && id < t->n_ids && t->tok_len[id] >= 0;
+    return id >= 0 && id < t->n_ids && t->tok[id].len >= 0;
 }
 
 int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special, char **out,
@@ -1542,7 +1554,7 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip
         }
         if (skip_special && t->is_added_special[id])
             continue;
-        if (buf_add(&raw, t->bytes + t->tok_off[id], (size_t)t->tok_len[id]) != 0) {
+        if (buf_add(&raw, t->bytes + t->tok[id].off, (size_t)t->tok[id].len) != 0) {
             free(raw.p);
             return perr_set(err, "out of memory");
         }
@@ -1623,7 +1635,7 @@ int detokenizer_push(detokenizer *d, int32_t id, char **out, size_t *len)
     if (!id_valid(t, id))
         return -1;
     if (!(d->skip_special && t->is_added_special[id]) &&
-        buf_add(&d->pending, t->bytes + t->tok_off[id], (size_t)t->tok_len[id]) != 0)
+        buf_add(&d->pending, t->bytes + t->tok[id].off, (size_t)t->tok[id].len) != 0)
         return -1;
     size_t upto = utf8_complete_prefix((const unsigned char *)d->pending.p, d->pending.len);
     return emit(d, upto, out, len);
