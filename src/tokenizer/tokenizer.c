@@ -51,8 +51,9 @@ struct tokenizer {
     size_t bytes_len, bytes_cap;
 
     struct vocab_slot {
-        uint32_t tag; /* high bits of the hash, to skip most mismatches without touching the bytes */
         int32_t id;   /* -1 free */
+        uint8_t len;  /* token length, capped at 255 */
+        char head[11]; /* first bytes of the token: most lookups never touch the byte arena */
     } *vocab_slots;   /* open addressing over BPE vocab ids, keyed by bytes */
     size_t vocab_mask;
 
@@ -129,20 +130,25 @@ static size_t pow2_at_least(size_t n)
     return s;
 }
 
-static int32_t vocab_find(const tokenizer *t, const void *bytes, size_t len)
+static int32_t vocab_find_hashed(const tokenizer *t, const void *bytes, size_t len, uint64_t h)
 {
-    uint64_t h = hash_bytes(bytes, len);
-    uint32_t tag = (uint32_t)(h >> 32);
     size_t i = h & t->vocab_mask;
+    uint8_t l8 = len > 255 ? 255 : (uint8_t)len;
+    size_t head = len < 11 ? len : 11;
     for (;;) {
-        int32_t id = t->vocab_slots[i].id;
-        if (id < 0)
+        const struct vocab_slot *s = &t->vocab_slots[i];
+        if (s->id < 0)
             return -1;
-        if (t->vocab_slots[i].tag == tag && (size_t)t->tok[id].len == len &&
-            memcmp(t->bytes + t->tok[id].off, bytes, len) == 0)
-            return id;
+        if (s->len == l8 && memcmp(s->head, bytes, head) == 0 &&
+            (len <= 11 || ((size_t)t->tok[s->id].len == len && memcmp(t->bytes + t->tok[s->id].off, bytes, len) == 0)))
+            return s->id;
         i = (i + 1) & t->vocab_mask;
     }
+}
+
+static int32_t vocab_find(const tokenizer *t, const void *bytes, size_t len)
+{
+    return vocab_find_hashed(t, bytes, len, hash_bytes(bytes, len));
 }
 
 static inline const merge_slot *merge_find(const tokenizer *t, int32_t a, int32_t b)
@@ -463,39 +469,84 @@ done:
     return rc;
 }
 
-static int add_merge(tokenizer *t, const buf *a, const buf *b, int32_t rank, buf *tmp, size_t index, perr *err)
+/* Merges are resolved in batches: hashing a batch first and prefetching its table slots lets the
+ * memory fetches overlap instead of paying one cache miss after another. */
+#define MERGE_BATCH 64
+
+typedef struct merge_batch {
+    size_t n;
+    int32_t first_rank;
+    buf bytes; /* left then right token bytes of each merge */
+    struct {
+        uint32_t off, la, lb;
+        uint64_t ha, hb;
+    } m[MERGE_BATCH];
+} merge_batch;
+
+static int batch_flush(tokenizer *t, merge_batch *mb, perr *err)
 {
-    bytelevel_decode(a, tmp);
-    int32_t ia = vocab_find(t, tmp->p, tmp->len);
-    size_t la = tmp->len;
     char cat[2 * MAX_TOKEN_BYTES];
-    if (la > MAX_TOKEN_BYTES)
-        return perr_set(err, "merge %zu: token too long", index);
-    memcpy(cat, tmp->p, la);
+    int32_t ids[MERGE_BATCH][3];
+    for (size_t k = 0; k < mb->n; k++) {
+        const char *pa = mb->bytes.p + mb->m[k].off, *pb = pa + mb->m[k].la;
+        size_t la = mb->m[k].la, lb = mb->m[k].lb;
+        int32_t rank = mb->first_rank + (int32_t)k;
+        int32_t ia = vocab_find_hashed(t, pa, la, mb->m[k].ha);
+        int32_t ib = vocab_find_hashed(t, pb, lb, mb->m[k].hb);
+        memcpy(cat, pa, la);
+        memcpy(cat + la, pb, lb);
+        /* In files built the usual way merge r created token 256 + r: check that before hashing. */
+        int32_t ic, guess = 256 + rank;
+        size_t lc = la + lb;
+        if (guess < t->n_ids && (size_t)t->tok[guess].len == lc && !t->is_added[guess] &&
+            memcmp(t->bytes + t->tok[guess].off, cat, lc) == 0)
+            ic = guess;
+        else
+            ic = vocab_find(t, cat, lc);
+        if (ia < 0 || ib < 0 || ic < 0)
+            return perr_set(err, "merge %d (\"%.*s\" \"%.*s\") refers to a token missing from the vocab", rank,
+                            (int)(la > 40 ? 40 : la), pa, (int)(lb > 40 ? 40 : lb), pb);
+        ids[k][0] = ia;
+        ids[k][1] = ib;
+        ids[k][2] = ic;
+        uint64_t key = (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib;
+        __builtin_prefetch(&t->merges[mix64(key) & t->merge_mask], 1);
+    }
+    for (size_t k = 0; k < mb->n; k++) {
+        uint64_t key = (uint64_t)(uint32_t)ids[k][0] << 32 | (uint32_t)ids[k][1];
+        size_t i = mix64(key) & t->merge_mask;
+        while (t->merges[i].key != EMPTY_KEY && t->merges[i].key != key)
+            i = (i + 1) & t->merge_mask;
+        /* A repeated pair keeps its later rank, as the Hugging Face loader does. */
+        t->merges[i].key = key;
+        t->merges[i].rank = mb->first_rank + (int32_t)k;
+        t->merges[i].id = ids[k][2];
+    }
+    mb->first_rank += (int32_t)mb->n;
+    mb->n = 0;
+    mb->bytes.len = 0;
+    return 0;
+}
+
+/* a and b are byte-level strings; stores their bytes and hashes, flushing when the batch is full. */
+static int batch_add(tokenizer *t, merge_batch *mb, const buf *a, const buf *b, buf *tmp, perr *err)
+{
+    size_t k = mb->n;
+    mb->m[k].off = (uint32_t)mb->bytes.len;
+    bytelevel_decode(a, tmp);
+    mb->m[k].la = (uint32_t)tmp->len;
+    mb->m[k].ha = hash_bytes(tmp->p, tmp->len);
+    if (buf_add(&mb->bytes, tmp->p, tmp->len) != 0)
+        return perr_set(err, "out of memory");
     bytelevel_decode(b, tmp);
-    int32_t ib = vocab_find(t, tmp->p, tmp->len);
-    if (tmp->len > MAX_TOKEN_BYTES)
-        return perr_set(err, "merge %zu: token too long", index);
-    memcpy(cat + la, tmp->p, tmp->len);
-    /* In files built the usual way merge r created token 256 + r: check that before hashing. */
-    int32_t ic = -1, guess = 256 + rank;
-    size_t lc = la + tmp->len;
-    if (guess < t->n_ids && (size_t)t->tok[guess].len == lc && !t->is_added[guess] &&
-        memcmp(t->bytes + t->tok[guess].off, cat, lc) == 0)
-        ic = guess;
-    else
-        ic = vocab_find(t, cat, lc);
-    if (ia < 0 || ib < 0 || ic < 0)
-        return perr_set(err, "merge %zu (\"%.*s\" \"%.*s\") refers to a token missing from the vocab", index,
-                        (int)(a->len > 40 ? 40 : a->len), a->p, (int)(b->len > 40 ? 40 : b->len), b->p);
-    uint64_t key = (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib;
-    size_t i = mix64(key) & t->merge_mask;
-    while (t->merges[i].key != EMPTY_KEY && t->merges[i].key != key)
-        i = (i + 1) & t->merge_mask;
-    /* A repeated pair keeps its later rank, as the Hugging Face loader does. */
-    t->merges[i].key = key;
-    t->merges[i].rank = rank;
-    t->merges[i].id = ic;
+    mb->m[k].lb = (uint32_t)tmp->len;
+    mb->m[k].hb = hash_bytes(tmp->p, tmp->len);
+    if (buf_add(&mb->bytes, tmp->p, tmp->len) != 0)
+        return perr_set(err, "out of memory");
+    __builtin_prefetch(&t->vocab_slots[mb->m[k].ha & t->vocab_mask]);
+    __builtin_prefetch(&t->vocab_slots[mb->m[k].hb & t->vocab_mask]);
+    if (++mb->n == MERGE_BATCH)
+        return batch_flush(t, mb, err);
     return 0;
 }
 
@@ -505,7 +556,7 @@ static int parse_merges(tokenizer *t, jscan *s, perr *err)
     size_t approx = 0;
     for (const char *p = s->p; (p = memchr(p, '"', (size_t)(s->end - p))) != NULL; p++)
         approx++;
-    size_t slots = pow2_at_least(approx + 16); /* approx counts quotes: >= 2 per merge, so load <= 0.5 */
+    size_t slots = pow2_at_least(approx / 2 * 3 / 2 + 16); /* >= 2 quotes per merge: load <= 2/3 */
     t->merges = malloc(slots * sizeof *t->merges);
     if (!t->merges)
         return perr_set(err, "out of memory");
@@ -514,8 +565,9 @@ static int parse_merges(tokenizer *t, jscan *s, perr *err)
     t->merge_mask = slots - 1;
 
     buf a = {0}, b = {0}, tmp = {0};
+    merge_batch *mb = calloc(1, sizeof *mb);
     int rc = -1;
-    if (buf_reserve(&tmp, MAX_TOKEN_BYTES * 4 + 8) != 0) {
+    if (!mb || buf_reserve(&tmp, MAX_TOKEN_BYTES * 4 + 8) != 0) {
         perr_set(err, "out of memory");
         goto done;
     }
@@ -564,7 +616,7 @@ static int parse_merges(tokenizer *t, jscan *s, perr *err)
             perr_set(err, "merge %d: token too long", rank);
             goto done;
         }
-        if (add_merge(t, &a, &b, rank, &tmp, (size_t)rank, err) != 0)
+        if (batch_add(t, mb, &a, &b, &tmp, err) != 0)
             goto done;
         if (rank == INT32_MAX - 1) {
             perr_set(err, "too many merges");
@@ -580,8 +632,13 @@ static int parse_merges(tokenizer *t, jscan *s, perr *err)
             goto done;
         break;
     }
+    if (batch_flush(t, mb, err) != 0)
+        goto done;
     rc = 0;
 done:
+    if (mb)
+        free(mb->bytes.p);
+    free(mb);
     free(a.p);
     free(b.p);
     free(tmp.p);
@@ -858,7 +915,7 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
     t->tok = malloc((size_t)t->n_ids * sizeof *t->tok);
     t->is_added = calloc((size_t)t->n_ids, sizeof *t->is_added);
     t->is_added_special = calloc((size_t)t->n_ids, sizeof *t->is_added_special);
-    size_t slots = pow2_at_least(n * 2 + 16);
+    size_t slots = pow2_at_least(n * 3 / 2 + 16);
     t->vocab_slots = malloc(slots * sizeof *t->vocab_slots);
     if (!t->tok || !t->is_added || !t->is_added_special || !t->vocab_slots)
         return perr_set(err, "out of memory");
@@ -866,23 +923,32 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
     for (int32_t i = 0; i < t->n_ids; i++)
         t->tok[i].len = -1;
     memset(t->vocab_slots, 0xff, slots * sizeof *t->vocab_slots);
+    uint64_t *hashes = malloc((n + 1) * sizeof *hashes);
+    if (!hashes)
+        return perr_set(err, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        hashes[i] = hash_bytes(t->bytes + v[i].off, v[i].len);
     for (size_t i = 0; i < n; i++) {
-        if (t->tok[v[i].id].len >= 0)
+        if (i + 16 < n)
+            __builtin_prefetch(&t->vocab_slots[hashes[i + 16] & t->vocab_mask], 1);
+        if (t->tok[v[i].id].len >= 0) {
+            free(hashes);
             return perr_set(err, "vocab id %d appears twice", v[i].id);
+        }
         t->tok[v[i].id].off = v[i].off;
         t->tok[v[i].id].len = (int32_t)v[i].len;
-        uint64_t hv = hash_bytes(t->bytes + v[i].off, v[i].len);
-        size_t h = hv & t->vocab_mask;
-        bool dup = false;
-        while (t->vocab_slots[h].id >= 0) {
-            int32_t o = t->vocab_slots[h].id;
-            if ((uint32_t)t->tok[o].len == v[i].len && memcmp(t->bytes + t->tok[o].off, t->bytes + v[i].off, v[i].len) == 0)
-                dup = true;
+        const char *tb = t->bytes + v[i].off;
+        if (vocab_find_hashed(t, tb, v[i].len, hashes[i]) >= 0)
+            continue; /* same bytes as an earlier token: the first one wins */
+        size_t h = hashes[i] & t->vocab_mask;
+        while (t->vocab_slots[h].id >= 0)
             h = (h + 1) & t->vocab_mask;
-        }
-        if (!dup)
-            t->vocab_slots[h] = (struct vocab_slot){(uint32_t)(hv >> 32), v[i].id};
+        struct vocab_slot *slot = &t->vocab_slots[h];
+        slot->id = v[i].id;
+        slot->len = v[i].len > 255 ? 255 : (uint8_t)v[i].len;
+        memcpy(slot->head, tb, v[i].len < 11 ? v[i].len : 11);
     }
+    free(hashes);
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
         t->byte_id[b] = vocab_find(t, &c, 1);
