@@ -291,7 +291,7 @@ static int scan_string(jscan *s, buf *out, perr *err)
 }
 
 /* Skips any JSON value (checked later by cJSON when it is used). */
-static int skip_value(jscan *s, perr *err)
+static int skip_value_counting(jscan *s, size_t *strings, perr *err)
 {
     ws(s);
     if (s->p >= s->end)
@@ -303,6 +303,7 @@ static int skip_value(jscan *s, perr *err)
         char c = *s->p;
         if (c == '"') {
             s->p++;
+            (*strings)++;
             while (s->p < s->end && *s->p != '"') {
                 if (*s->p == '\\' && s->end - s->p < 2)
                     return perr_set(err, "unterminated string");
@@ -329,6 +330,12 @@ static int skip_value(jscan *s, perr *err)
         }
     } while (depth > 0);
     return 0;
+}
+
+static int skip_value(jscan *s, perr *err)
+{
+    size_t strings = 0;
+    return skip_value_counting(s, &strings, err);
 }
 
 static int expect(jscan *s, char c, perr *err)
@@ -368,6 +375,20 @@ static void bytelevel_decode(const buf *in, buf *out)
     const unsigned char *p = (const unsigned char *)in->p;
     size_t i = 0;
     while (i < in->len) {
+        unsigned c = p[i];
+        if (c >= 0x21 && c <= 0x7E) { /* printable ASCII maps to itself */
+            out->p[out->len++] = (char)c;
+            i++;
+            continue;
+        }
+        if ((c & 0xE0) == 0xC0 && i + 1 < in->len && (p[i + 1] & 0xC0) == 0x80 && c >= 0xC2) {
+            uint32_t cp2 = (c & 0x1F) << 6 | (p[i + 1] & 0x3F);
+            if (cp2 < 0x144 && cp_to_byte[cp2] >= 0) {
+                out->p[out->len++] = (char)cp_to_byte[cp2];
+                i += 2;
+                continue;
+            }
+        }
         uint32_t cp;
         size_t k = utf8_decode(p + i, in->len - i, &cp);
         if (cp < 0x144 && cp_to_byte[cp] >= 0) {
@@ -550,13 +571,10 @@ static int batch_add(tokenizer *t, merge_batch *mb, const buf *a, const buf *b, 
     return 0;
 }
 
-static int parse_merges(tokenizer *t, jscan *s, perr *err)
+/* strings: how many JSON strings the merges value holds (one or two per merge). */
+static int parse_merges(tokenizer *t, jscan *s, size_t strings, perr *err)
 {
-    /* Count quotes in the span (it ends right after the merges value) to size the table. */
-    size_t approx = 0;
-    for (const char *p = s->p; (p = memchr(p, '"', (size_t)(s->end - p))) != NULL; p++)
-        approx++;
-    size_t slots = pow2_at_least(approx / 2 * 3 / 2 + 16); /* >= 2 quotes per merge: load <= 2/3 */
+    size_t slots = pow2_at_least(strings * 3 / 2 + 16); /* load <= 2/3 */
     t->merges = malloc(slots * sizeof *t->merges);
     if (!t->merges)
         return perr_set(err, "out of memory");
@@ -719,7 +737,7 @@ static int check_model_field(const char *key, const cJSON *v, tokenizer *t, perr
 }
 
 static int parse_model(tokenizer *t, jscan *s, vocab_entry **vocab, size_t *n_vocab, jscan *merges_span,
-                       bool *have_type, perr *err)
+                       size_t *n_merge_strings, bool *have_type, perr *err)
 {
     buf key = {0};
     int rc = -1;
@@ -742,7 +760,7 @@ static int parse_model(tokenizer *t, jscan *s, vocab_entry **vocab, size_t *n_vo
             }
         } else if (key.len == 6 && memcmp(key.p, "merges", 6) == 0) {
             *merges_span = *s;
-            if (skip_value(s, err) != 0)
+            if (skip_value_counting(s, n_merge_strings, err) != 0)
                 goto done;
             merges_span->end = s->p;
         } else {
@@ -990,6 +1008,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
     vocab_entry *vocab = NULL;
     size_t n_vocab = 0;
     jscan merges = {0};
+    size_t n_merge_strings = 0;
     bool have_model = false, have_type = false, have_normalizer = false, have_pre = false, have_decoder = false;
     cJSON *added_json = NULL;
     buf key = {0};
@@ -1008,7 +1027,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
         snprintf(name, sizeof name, "%.*s", (int)(key.len < 63 ? key.len : 63), key.p ? key.p : "");
         if (strcmp(name, "model") == 0) {
             have_model = true;
-            if (parse_model(t, &s, &vocab, &n_vocab, &merges, &have_type, err) != 0)
+            if (parse_model(t, &s, &vocab, &n_vocab, &merges, &n_merge_strings, &have_type, err) != 0)
                 goto fail;
             continue;
         }
@@ -1074,7 +1093,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
         goto fail;
     if (finish_tables(t, vocab, n_vocab, err) != 0)
         goto fail;
-    if (parse_merges(t, &merges, err) != 0) {
+    if (parse_merges(t, &merges, n_merge_strings, err) != 0) {
         perr_wrap(err, "model.merges");
         goto fail;
     }
