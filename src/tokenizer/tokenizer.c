@@ -6,6 +6,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -990,11 +991,8 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
 
 int tokenizer_load_files(const char *json_path, const char *config_path, tokenizer **out, perr *err)
 {
-    static int map_ready;
-    if (!map_ready) {
-        init_byte_map();
-        map_ready = 1;
-    }
+    static pthread_once_t map_once = PTHREAD_ONCE_INIT;
+    pthread_once(&map_once, init_byte_map);
     *out = NULL;
     char *text;
     size_t len;
