@@ -107,20 +107,50 @@ static inline uint64_t mix64(uint64_t x)
     return x;
 }
 
+/* 64x64->128 multiply folded to 64 bits: a fast, well-mixing step for short keys. */
+static inline uint64_t mum(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+static inline uint64_t load64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t load32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 static uint64_t hash_bytes(const void *data, size_t len)
 {
     const unsigned char *p = data;
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ len;
-    while (len >= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        h = mix64(h ^ v) + 0x9E3779B97F4A7C15ULL;
-        p += 8;
-        len -= 8;
+    const uint64_t k1 = 0xa0761d6478bd642fULL, k2 = 0xe7037ed1a0b428dbULL, k3 = 0x8ebc6af09c88c6e3ULL;
+    uint64_t a, b, seed = len * k3;
+    if (len <= 8) {
+        if (len >= 4) {
+            a = load32(p);
+            b = load32(p + len - 4);
+        } else if (len > 0) {
+            a = (uint64_t)p[0] << 16 | (uint64_t)p[len >> 1] << 8 | p[len - 1];
+            b = 0;
+        } else {
+            a = b = 0;
+        }
+    } else {
+        size_t i = 0;
+        for (; i + 8 < len; i += 8)
+            seed = mum(load64(p + i) ^ k1, seed ^ k2);
+        a = load64(p + len - 8);
+        b = i;
     }
-    uint64_t v = 0;
-    memcpy(&v, p, len);
-    return mix64(h ^ v ^ ((uint64_t)len << 56));
+    return mum(a ^ k1, b ^ seed ^ k2) * k3 ^ seed;
 }
 
 static size_t pow2_at_least(size_t n)
