@@ -1530,8 +1530,9 @@ static int encode_segment(encoder *e, const unsigned char *s, size_t len, ids_ve
         e->off[n] = (uint32_t)e->u8.len;
         bytes = (const unsigned char *)e->u8.p;
     }
+    const unsigned char *latin1 = uni_latin1_classes();
     for (size_t i = 0; i < n; i++)
-        e->cls[i] = (unsigned char)uni_class(cps[i]);
+        e->cls[i] = cps[i] < 256 ? latin1[cps[i]] : (unsigned char)uni_class(cps[i]);
     for (size_t i = 0; i < n;) {
         size_t j = pretok_piece_end(cps, e->cls, n, i);
         if (encode_piece(e, bytes + e->off[i], e->off[j] - e->off[i], out) != 0)

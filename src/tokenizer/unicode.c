@@ -47,6 +47,12 @@ static void init_latin1(void)
         latin1_class[i] = (unsigned char)class_slow(i);
 }
 
+const unsigned char *uni_latin1_classes(void)
+{
+    pthread_once(&latin1_once, init_latin1);
+    return latin1_class;
+}
+
 unsigned uni_class(uint32_t cp)
 {
     if (cp < 256) {
