@@ -1,7 +1,8 @@
 /* Tokenizer speed: load time of tokenizer.json, encode and decode throughput on one core.
  *
  *   bench_tokenizer TOKENIZER_DIR FILE...
- *   e.g. ./build/bench_tokenizer ../shared/fixtures/qwen2.5-tokenizer $(find src -name '*.[ch]') ../shared/spec/engine.md
+ *   e.g. ./build/bench_tokenizer ../shared/fixtures/qwen2.5-tokenizer \
+ *            $(find src -name '*.[ch]' ! -name unicode_tables.c | sort) ../shared/spec/engine.md
  *
  * The files are concatenated and repeated to about 10 MB. Baselines measured in the same run:
  * load vs cJSON_Parse of the same file (a tree only, no tables), and encode vs encode without the
