@@ -1217,8 +1217,10 @@ typedef struct encoder {
     buf u8;
 } encoder;
 
+/* A candidate merge of the pair starting at node pos. A merge rank names exactly one pair, so an
+ * entry is current iff the node's pair still has that rank (kept in the per-node rank array). */
 typedef struct heap_entry {
-    int32_t rank, pos, left, right, id;
+    int32_t rank, pos;
 } heap_entry;
 
 static bool heap_less(const heap_entry *a, const heap_entry *b)
@@ -1351,40 +1353,54 @@ static int bpe_piece(encoder *e, const unsigned char *b, size_t len, ids_vec *ou
         e->heap = nh;
         e->heap_cap = len * 3;
     }
-    int32_t *prev = e->prev, *next = e->next;
+    int32_t *prev = e->prev, *next = e->next, *rank = e->rank, *res = e->res;
     heap_entry *h = e->heap;
     size_t hn = 0;
     for (size_t i = 0; i < len; i++) {
         prev[i] = (int32_t)i - 1;
         next[i] = i + 1 < len ? (int32_t)i + 1 : -1;
+        rank[i] = INT32_MAX;
     }
     for (size_t i = 0; i + 1 < len; i++) {
         const merge_slot *s = merge_find(t, sym[i], sym[i + 1]);
-        if (s)
-            heap_push(h, &hn, (heap_entry){s->rank, (int32_t)i, sym[i], sym[i + 1], s->id});
+        if (s) {
+            rank[i] = s->rank;
+            res[i] = s->id;
+            heap_push(h, &hn, (heap_entry){s->rank, (int32_t)i});
+        }
     }
     while (hn > 0) {
         heap_entry top = heap_pop(h, &hn);
-        int32_t p = top.pos, q = next[p];
-        if (sym[p] != top.left || q < 0 || sym[q] != top.right)
-            continue;
-        sym[p] = top.id;
+        int32_t p = top.pos;
+        if (sym[p] < 0 || rank[p] != top.rank)
+            continue; /* stale */
+        int32_t q = next[p];
+        sym[p] = res[p];
         sym[q] = -1;
+        rank[q] = INT32_MAX;
         next[p] = next[q];
         if (next[q] >= 0)
             prev[next[q]] = p;
         /* Each merge removes one symbol and adds at most two entries; the heap never outgrows 3*len. */
         if (hn + 2 > e->heap_cap)
             return -1;
-        if (prev[p] >= 0) {
-            const merge_slot *s = merge_find(t, sym[prev[p]], sym[p]);
-            if (s)
-                heap_push(h, &hn, (heap_entry){s->rank, prev[p], sym[prev[p]], sym[p], s->id});
-        }
+        rank[p] = INT32_MAX;
         if (next[p] >= 0) {
             const merge_slot *s = merge_find(t, sym[p], sym[next[p]]);
-            if (s)
-                heap_push(h, &hn, (heap_entry){s->rank, p, sym[p], sym[next[p]], s->id});
+            if (s) {
+                rank[p] = s->rank;
+                res[p] = s->id;
+                heap_push(h, &hn, (heap_entry){s->rank, p});
+            }
+        }
+        if (prev[p] >= 0) {
+            int32_t pp = prev[p];
+            const merge_slot *s = merge_find(t, sym[pp], sym[p]);
+            rank[pp] = s ? s->rank : INT32_MAX;
+            if (s) {
+                res[pp] = s->id;
+                heap_push(h, &hn, (heap_entry){s->rank, pp});
+            }
         }
     }
     for (int32_t i = 0; i >= 0; i = next[i])
