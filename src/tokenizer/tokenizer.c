@@ -939,6 +939,11 @@ static int load_config(tokenizer *t, const char *path, perr *err)
                 perr_set(err, "%s: bad added_tokens_decoder entry", path);
                 goto done;
             }
+            bool known = false;
+            for (size_t k = 0; k < t->n_added && !known; k++)
+                known = t->added[k].id == (int32_t)id;
+            if (known)
+                continue; /* tokenizer.json already describes it */
             if (parse_added_token_object(t, e, (int32_t)id, err) != 0) {
                 perr_wrap(err, "%s", path);
                 goto done;
