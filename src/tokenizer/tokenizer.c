@@ -1077,6 +1077,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
         }
         int r = 0;
         if (strcmp(name, "added_tokens") == 0) {
+            cJSON_Delete(added_json); /* a repeated key: the last one counts */
             added_json = v;
             continue;
         } else if (strcmp(name, "normalizer") == 0) {
