@@ -15,7 +15,7 @@
 
 static const jinja_limits LIMITS = {
     .max_output = (size_t)16 << 20,
-    .max_steps = 20000000,
+    .max_steps = 5000000,
     .max_call_depth = 64,
 };
 

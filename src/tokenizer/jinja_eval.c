@@ -890,6 +890,7 @@ static jv call_method(ev *e, jfunc *fn, const args *a)
                     jv_list_push(C, out, self.u.d->vals[i]);
                 } else {
                     jv pair = jv_list_new(C, 2);
+                    pair.u.l->is_tuple = true;
                     jv_list_push(C, pair, self.u.d->keys[i]);
                     jv_list_push(C, pair, self.u.d->vals[i]);
                     jv_list_push(C, out, pair);
@@ -1867,6 +1868,7 @@ static jv eval(ev *e, scope *s, const jnode *n)
     case N_NAME: r = lookup(e, s, n->name, n->name_len); break;
     case N_LIST:
         r = jv_list_new(C, n->args.n);
+        r.u.l->is_tuple = n->op == 1;
         for (size_t i = 0; i < n->args.n; i++)
             jv_list_push(C, r, eval(e, s, n->args.v[i]));
         break;
@@ -1999,24 +2001,33 @@ static int exec_for(ev *e, scope *s, const jnode *n)
         items = kept;
     }
     size_t len = items.u.l->n;
+    /* One loop object per loop, updated in place (like Jinja's LoopContext); fixed key order
+     * lets each iteration write the values directly. */
+    static const char *const keys[] = {"index0", "index", "revindex0", "revindex", "first", "last", "length",
+                                       "depth", "depth0", "previtem", "nextitem", "cycle"};
+    enum { K_INDEX0, K_INDEX, K_REVINDEX0, K_REVINDEX, K_FIRST, K_LAST, K_LENGTH, K_DEPTH, K_DEPTH0, K_PREV,
+           K_NEXT, K_CYCLE, K_COUNT };
     jv loop = jv_dict_new(C);
-    jv_dict_set_str(C, loop, "cycle", make_func(e, JF_METHOD, "cycle", loop));
-    scope_set(e, ls, "loop", loop);
+    for (int k = 0; k < K_COUNT; k++)
+        jv_dict_set_str(C, loop, keys[k], jv_none());
+    jv *lv = loop.u.d->vals;
+    lv[K_LENGTH] = jv_int((int64_t)len);
+    lv[K_DEPTH] = jv_int(1);
+    lv[K_DEPTH0] = jv_int(0);
+    lv[K_CYCLE] = make_func(e, JF_METHOD, "cycle", loop);
+    jv no_prev = undef_msg(e, "there is no previous item%s%s", "", "");
+    jv no_next = undef_msg(e, "there is no next item%s%s", "", "");
     for (size_t i = 0; i < len; i++) {
         step(e, n->line);
-        jv_dict_set_str(C, loop, "index0", jv_int((int64_t)i));
-        jv_dict_set_str(C, loop, "index", jv_int((int64_t)i + 1));
-        jv_dict_set_str(C, loop, "revindex0", jv_int((int64_t)(len - i - 1)));
-        jv_dict_set_str(C, loop, "revindex", jv_int((int64_t)(len - i)));
-        jv_dict_set_str(C, loop, "first", jv_bool(i == 0));
-        jv_dict_set_str(C, loop, "last", jv_bool(i + 1 == len));
-        jv_dict_set_str(C, loop, "length", jv_int((int64_t)len));
-        jv_dict_set_str(C, loop, "depth", jv_int(1));
-        jv_dict_set_str(C, loop, "depth0", jv_int(0));
-        jv_dict_set_str(C, loop, "previtem", i > 0 ? items.u.l->items[i - 1]
-                                                   : undef_msg(e, "there is no previous item%s%s", "", ""));
-        jv_dict_set_str(C, loop, "nextitem", i + 1 < len ? items.u.l->items[i + 1]
-                                                         : undef_msg(e, "there is no next item%s%s", "", ""));
+        lv = loop.u.d->vals;
+        lv[K_INDEX0] = jv_int((int64_t)i);
+        lv[K_INDEX] = jv_int((int64_t)i + 1);
+        lv[K_REVINDEX0] = jv_int((int64_t)(len - i - 1));
+        lv[K_REVINDEX] = jv_int((int64_t)(len - i));
+        lv[K_FIRST] = jv_bool(i == 0);
+        lv[K_LAST] = jv_bool(i + 1 == len);
+        lv[K_PREV] = i > 0 ? items.u.l->items[i - 1] : no_prev;
+        lv[K_NEXT] = i + 1 < len ? items.u.l->items[i + 1] : no_next;
         assign_targets(e, ls, &n->targets, items.u.l->items[i], n->line);
         scope_set(e, ls, "loop", loop);
         int flow = exec_body(e, ls, &n->body);

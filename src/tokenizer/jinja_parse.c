@@ -575,6 +575,7 @@ static jnode *parse_tuple(parser *P)
     if (!is_op(peek(P), ","))
         return first;
     jnode *list = node(P, N_LIST, line);
+    list->op = 1; /* tuple */
     push(P, &list->args, first);
     while (is_op(peek(P), ",")) {
         next_tok(P);
@@ -874,7 +875,9 @@ static jnode *parse_primary(parser *P)
         if (!strcmp(t->p, "(")) {
             if (is_op(peek(P), ")")) {
                 next_tok(P);
-                return node(P, N_LIST, t->line);
+                jnode *empty = node(P, N_LIST, t->line);
+                empty->op = 1;
+                return empty;
             }
             jnode *n = parse_tuple(P);
             expect_op(P, ")");
@@ -1042,6 +1045,7 @@ static jnode *parse_for(parser *P, int line)
     n->a = parse_or(P);
     if (is_op(peek(P), ",")) {
         jnode *list = node(P, N_LIST, line);
+        list->op = 1;
         push(P, &list->args, n->a);
         while (is_op(peek(P), ",")) {
             next_tok(P);

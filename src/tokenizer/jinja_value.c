@@ -306,6 +306,11 @@ void jv_dict_set(jctx *c, jv dict, jv key, jv val)
 
 void jv_dict_set_str(jctx *c, jv dict, const char *key, jv val)
 {
+    size_t at;
+    if (dict_find(dict.u.d, jv_strn(key, strlen(key)), &at)) {
+        dict.u.d->vals[at] = val; /* no key copy when replacing (loop variables) */
+        return;
+    }
     jv_dict_set(c, dict, jv_str(c, key), val);
 }
 
@@ -378,7 +383,7 @@ bool jv_equal(jv a, jv b)
     case JV_NONE: return true;
     case JV_STR: return a.u.s.n == b.u.s.n && (a.u.s.n == 0 || memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0);
     case JV_LIST:
-        if (a.u.l->n != b.u.l->n)
+        if (a.u.l->n != b.u.l->n || a.u.l->is_tuple != b.u.l->is_tuple)
             return false;
         for (size_t i = 0; i < a.u.l->n; i++)
             if (!jv_equal(a.u.l->items[i], b.u.l->items[i]))
@@ -589,13 +594,15 @@ void jv_write_repr(jctx *c, jbuf *b, jv v, int depth)
     case JV_FLOAT: write_float(c, b, v.u.f); return;
     case JV_STR: write_str_repr(c, b, v.u.s.p, v.u.s.n); return;
     case JV_LIST:
-        jbuf_putc(c, b, '[');
+        jbuf_putc(c, b, v.u.l->is_tuple ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i)
                 jbuf_put(c, b, ", ", 2);
             jv_write_repr(c, b, v.u.l->items[i], depth + 1);
         }
-        jbuf_putc(c, b, ']');
+        if (v.u.l->is_tuple && v.u.l->n == 1)
+            jbuf_putc(c, b, ',');
+        jbuf_putc(c, b, v.u.l->is_tuple ? ')' : ']');
         return;
     case JV_DICT:
         if (v.u.d->is_namespace) {

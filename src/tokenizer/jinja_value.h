@@ -76,6 +76,7 @@ typedef struct jv {
 struct jlist {
     jv *items;
     size_t n, cap;
+    bool is_tuple; /* prints as (a, b); never equal to a list */
 };
 
 struct jdict {
