@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 
 #include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
 
 static int failures, checks;
 
@@ -100,9 +101,40 @@ static char *qwen_template(void)
     return s;
 }
 
-/* Renders one request file ({messages, tools?, add_generation_prompt?}) and compares to a text file.
+static tokenizer *qwen_tok;
+
+/* ids_json: a JSON array of ids, or an object whose "prompt_ids" is one. */
+static void check_ids(const char *text, size_t len, const char *ids_path)
+{
+    cJSON *j = load_json(ids_path);
+    const cJSON *arr = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, "prompt_ids") : j;
+    CHECK(cJSON_IsArray(arr), "cannot read ids from %s", ids_path);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    perr err = {0};
+    if (cJSON_IsArray(arr) && qwen_tok) {
+        CHECK(tokenizer_encode(qwen_tok, text, len, &ids, &n, &err) == 0, "encode: %s", err.msg);
+        bool same = (size_t)cJSON_GetArraySize(arr) == n;
+        size_t i = 0;
+        const cJSON *id;
+        cJSON_ArrayForEach(id, arr)
+        {
+            if (i >= n || ids[i] != (int32_t)id->valuedouble)
+                same = false;
+            i++;
+        }
+        CHECK(same, "%s: token ids of the rendered prompt differ (%zu ids, expected %d)", ids_path, n,
+              cJSON_GetArraySize(arr));
+    }
+    free(ids);
+    cJSON_Delete(j);
+}
+
+/* Renders one request file ({messages, tools?, add_generation_prompt?}) and compares to a text file
+ * and, through the tokenizer, to the expected ids.
  * The goldens' generator defaults add_generation_prompt to true when absent. */
-static void check_golden(const chat_template *t, const char *request_path, const char *expect_path)
+static void check_golden(const chat_template *t, const char *request_path, const char *expect_path,
+                         const char *ids_path)
 {
     cJSON *req = load_json(request_path);
     size_t expect_len;
@@ -124,6 +156,7 @@ static void check_golden(const chat_template *t, const char *request_path, const
     if (rc == 0) {
         CHECK(len == expect_len && memcmp(out, expect, len) == 0, "%s: rendered text differs from %s\n--- got:\n%s",
               request_path, expect_path, out);
+        check_ids(out, len, ids_path);
     }
     free(out);
     free(expect);
@@ -132,7 +165,14 @@ static void check_golden(const chat_template *t, const char *request_path, const
 
 static void test_goldens(void)
 {
+    char tokdir[4096];
+    snprintf(tokdir, sizeof tokdir, "%s/fixtures/qwen2.5-tokenizer", shared_dir());
+    perr terr = {0};
+    CHECK(tokenizer_load(tokdir, &qwen_tok, &terr) == 0, "load tokenizer: %s", terr.msg);
     char *src = qwen_template();
+    /* The tokenizer exposes the same template text. */
+    CHECK(src && qwen_tok && tokenizer_chat_template(qwen_tok) && !strcmp(src, tokenizer_chat_template(qwen_tok)),
+          "tokenizer_chat_template() matches tokenizer_config.json");
     CHECK(src != NULL, "cannot read the Qwen2.5 chat_template");
     if (!src)
         return;
@@ -142,20 +182,24 @@ static void test_goldens(void)
     free(src);
     static const char *const goldens[] = {"01_simple", "02_system_multiturn", "03_tools_roundtrip",
                                           "04_tools_with_system"};
-    char req[4096], exp[4096];
+    char req[4096], exp[4096], ids[4096];
     for (size_t i = 0; i < sizeof goldens / sizeof *goldens; i++) {
         snprintf(req, sizeof req, "%s/fixtures/chat-template/%s.json", shared_dir(), goldens[i]);
         snprintf(exp, sizeof exp, "%s/fixtures/chat-template/%s.rendered.txt", shared_dir(), goldens[i]);
-        check_golden(t, req, exp);
+        snprintf(ids, sizeof ids, "%s/fixtures/chat-template/%s.ids.json", shared_dir(), goldens[i]);
+        check_golden(t, req, exp, ids);
     }
     static const char *const refs[] = {"agent-tools", "chat-short"};
     for (size_t i = 0; i < sizeof refs / sizeof *refs; i++) {
         snprintf(req, sizeof req, "%s/fixtures/reference/tiny-random-qwen2-4bit/%s.request.json", shared_dir(),
                  refs[i]);
         snprintf(exp, sizeof exp, "%s/fixtures/reference/tiny-random-qwen2-4bit/%s.prompt.txt", shared_dir(), refs[i]);
-        check_golden(t, req, exp);
+        snprintf(ids, sizeof ids, "%s/fixtures/reference/tiny-random-qwen2-4bit/%s.json", shared_dir(), refs[i]);
+        check_golden(t, req, exp, ids);
     }
     chat_template_free(t);
+    tokenizer_free(qwen_tok);
+    qwen_tok = NULL;
 }
 
 static void test_jinja_cases(void)
