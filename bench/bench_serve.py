@@ -38,7 +38,7 @@ def stream_request(port, max_tokens):
     """Returns (completion tokens, seconds to first token, decode tokens/s, total seconds)."""
     body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": max_tokens, "temperature": 0,
             "repetition_penalty": 1, "stream": True, "stream_options": {"include_usage": True},
-            "stop": ["\u0000never"], "logprobs": False}
+            "logprobs": False}
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
     c.request("POST", "/v1/chat/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
