@@ -205,7 +205,7 @@ class StartUp(unittest.TestCase):
 class Api(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.srv = Server("--ctx-size", "256", "--parallel", "2")
+        cls.srv = Server("--ctx-size", "4096", "--parallel", "2")
 
     @classmethod
     def tearDownClass(cls):
@@ -252,9 +252,9 @@ class Api(unittest.TestCase):
         self.check_error(*s.json("GET", "/v1/chat/completions"), 405)
         self.check_error(*s.json("POST", "/health", {}), 405)
         # Prompt longer than the context: both numbers in the message.
-        st, body = s.json("POST", "/v1/chat/completions", chat("word " * 400))
-        self.check_error(st, body, 400, "maximum context length is 256 tokens")
-        self.assertRegex(body["error"]["message"], r"prompt has \d{3} tokens")
+        st, body = s.json("POST", "/v1/chat/completions", chat("word " * 5000))
+        self.check_error(st, body, 400, "maximum context length is 4096 tokens")
+        self.assertRegex(body["error"]["message"], r"prompt has 50\d\d tokens")
         # The server is still fine.
         self.assertEqual(s.json("GET", "/health")[0], 200)
 
@@ -381,11 +381,15 @@ class Api(unittest.TestCase):
     def test_tools_request(self):
         with open(os.path.join(REF, "agent-tools.request.json")) as f:
             req = json.load(f)
-        body = {"messages": req["messages"], "tools": req["tools"], "max_tokens": 8, "temperature": 0}
-        # agent-tools does not fit in the 256-token context of this server: a clear 400.
+        with open(os.path.join(REF, "agent-tools.json")) as f:
+            ref = json.load(f)
+        body = {"messages": req["messages"], "tools": req["tools"], "max_tokens": 8, "temperature": 0,
+                "repetition_penalty": 1}
+        # The whole agent conversation (system, tools, an assistant tool call, a tool result) is rendered
+        # and tokenized exactly as the reference prompt.
         st, out = self.srv.json("POST", "/v1/chat/completions", body)
-        self.assertEqual(st, 400)
-        self.assertIn("maximum context length", out["error"]["message"])
+        self.assertEqual(st, 200, out)
+        self.assertEqual(out["usage"]["prompt_tokens"], len(ref["prompt_ids"]))
         # A small tools request: the tools go into the prompt, the reply is well formed.
         tools = [{"type": "function", "function": {"name": "ls", "parameters": {"type": "object", "properties": {}}}}]
         st, with_tools = self.srv.json("POST", "/v1/chat/completions", chat("List files", tools=tools, max_tokens=4))
@@ -445,7 +449,7 @@ class Api(unittest.TestCase):
 
     def test_client_disconnect_mid_stream(self):
         c = socket.create_connection(("127.0.0.1", self.srv.port), timeout=30)
-        body = json.dumps(chat("Write a long story", stream=True, max_tokens=200)).encode()
+        body = json.dumps(chat("Write a long story", stream=True, max_tokens=3000)).encode()
         c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                   b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         got = c.recv(4096)
