@@ -324,9 +324,10 @@ static int parse_fields(enum request_kind kind, openai_request *r, perr *err)
             return perr_set(err, "Invalid type for 'logprobs': expected a boolean");
         }
     }
-    if (get_int(root, "top_logprobs", -1, REQ_MAX_TOP_LOGPROBS, &has, &d, err) != 0)
+    bool has_top = false;
+    if (get_int(root, "top_logprobs", -1, REQ_MAX_TOP_LOGPROBS, &has_top, &d, err) != 0)
         return -1;
-    if (has && d > 0) {
+    if (has_top && d > 0) {
         r->top_logprobs = (int)d;
         if (!r->logprobs && kind == REQ_CHAT)
             return perr_set(err, "Invalid value for 'top_logprobs': 'logprobs' must be true to use it");

@@ -43,6 +43,7 @@ static int good(enum request_kind kind, const char *body, openai_request *r)
 int main(void)
 {
     const char *U = "\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]";
+    openai_request r;
     char buf[1024];
     bad(REQ_CHAT, "{", "Invalid JSON");
     bad(REQ_CHAT, "[1]", "JSON object");
@@ -76,9 +77,13 @@ int main(void)
         bad(REQ_CHAT, buf, fields[i][1]);
     }
     bad(REQ_COMPLETION, "{}", "'prompt'");
+    snprintf(buf, sizeof buf, "{%s,\"max_tokens\":5}", U);
+    if (good(REQ_CHAT, buf, &r) == 0) {
+        CHECK(r.max_tokens == 5 && !r.logprobs && r.top_logprobs == 0);
+        openai_request_free(&r);
+    }
     bad(REQ_COMPLETION, "{\"prompt\":[1,2]}", "'prompt'");
 
-    openai_request r;
     snprintf(buf, sizeof buf,
              "{%s,\"temperature\":0,\"top_p\":0.5,\"top_k\":7,\"min_p\":0.1,\"repetition_penalty\":1.1,"
              "\"presence_penalty\":0.5,\"frequency_penalty\":-0.5,\"seed\":42,\"stop\":[\"x\",\"\",\"yz\"],"
