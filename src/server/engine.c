@@ -62,6 +62,8 @@ struct generation {
     gen_params params;
     sampler *sampler;
     float *scratch; /* logits copy for log-probabilities */
+    bool (*should_abort)(void *); /* polled between prefill chunks: a long prompt is not evaluated for nobody */
+    void *abort_ud;
 };
 
 static void add_eos(engine *e, int32_t id)
@@ -272,6 +274,8 @@ generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_p
     }
     g->e = e;
     g->params = *p;
+    g->should_abort = should_abort;
+    g->abort_ud = ud;
     if (g->params.top_logprobs > ENGINE_MAX_TOP_LOGPROBS)
         g->params.top_logprobs = ENGINE_MAX_TOP_LOGPROBS;
     g->pending = -1;
@@ -384,7 +388,7 @@ static int prefill(generation *g, perr *err)
     s->n_tokens = keep;
     g->cached = keep;
     for (int pos = keep; pos < g->n_prompt; pos += PREFILL_CHUNK) {
-        if (atomic_load(&g->e->shutdown))
+        if (atomic_load(&g->e->shutdown) || (pos > keep && g->should_abort && g->should_abort(g->abort_ud)))
             return 1;
         int n = g->n_prompt - pos < PREFILL_CHUNK ? g->n_prompt - pos : PREFILL_CHUNK;
         if (eval(g, g->prompt + pos, n, pos + n == g->n_prompt, err) != 0)

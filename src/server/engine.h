@@ -62,7 +62,8 @@ enum gen_finish { GEN_STOP, GEN_LENGTH, GEN_CANCELLED };
 
 typedef struct generation generation;
 
-/* Waits in the queue for a free slot. should_abort (may be NULL) is polled while waiting: when it
+/* Waits in the queue for a free slot. should_abort (may be NULL) is polled while waiting (and later
+ * between prefill chunks, so it must stay valid until generation_end): when it
  * returns true, or on shutdown, this returns NULL with a message in err. */
 generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_params *p,
                          bool (*should_abort)(void *), void *ud, perr *err);

@@ -47,9 +47,12 @@ class Server:
         if self.port is None:
             self.proc.kill()
             self.proc.wait()
+            self.proc.stdout.close()
+            self.log.close()
             raise RuntimeError("server did not start: " + "".join(self.banner) + self.read_log())
         # Keep draining stdout so the server never blocks on it.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self.drain = threading.Thread(target=self.proc.stdout.read, daemon=True)
+        self.drain.start()
 
     def read_log(self):
         with open(self.log_path) as f:
@@ -108,6 +111,8 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+        self.drain.join(5)
+        self.proc.stdout.close()
         rc = self.proc.returncode
         self.tmp.cleanup()
         return rc
