@@ -221,9 +221,49 @@ static void test_stop_filter(void)
     stop_filter_free(f);
 }
 
+/* Random texts built from marker fragments: never a crash; without calls the content is the input,
+ * byte for byte; and the result never depends on how the text was split. */
+static void test_fuzz(void)
+{
+    static const char *frags[] = {"<tool_call>", "</tool_call>", "```json", "```", "{", "}", "\"name\"", ":",
+                                  "\"run\"", ",", "\"arguments\"", "{}", "\n", " ", "x", "\xc3\xa9", "\"", "\\",
+                                  "<tool", "[", "]"};
+    cJSON *tools = cJSON_Parse(TOOLS_JSON);
+    unsigned seed = 12345;
+    char text[512];
+    for (int iter = 0; iter < 3000; iter++) {
+        size_t len = 0;
+        int nf = 1 + (int)((seed = seed * 1103515245u + 12345u) >> 16) % 24;
+        for (int k = 0; k < nf; k++) {
+            const char *f = frags[((seed = seed * 1103515245u + 12345u) >> 16) % (sizeof frags / sizeof *frags)];
+            size_t fl = strlen(f);
+            if (len + fl >= sizeof text)
+                break;
+            memcpy(text + len, f, fl);
+            len += fl;
+        }
+        text[len] = '\0';
+        result whole, split;
+        parse(tools, text, 0, &whole);
+        size_t step = 1 + ((seed = seed * 1103515245u + 12345u) >> 16) % 5;
+        parse(tools, text, step, &split);
+        CHECK(strcmp(sb_str(&whole.content), sb_str(&split.content)) == 0 &&
+                  strcmp(sb_str(&whole.calls), sb_str(&split.calls)) == 0,
+              "split %zu changes the result for '%s': '%s' vs '%s'", step, text, sb_str(&whole.content),
+              sb_str(&split.content));
+        if (whole.n_calls == 0)
+            CHECK(strcmp(sb_str(&whole.content), text) == 0, "text lost: '%s' became '%s'", text,
+                  sb_str(&whole.content));
+        free_result(&whole);
+        free_result(&split);
+    }
+    cJSON_Delete(tools);
+}
+
 int main(void)
 {
     test_tool_calls();
+    test_fuzz();
     test_stop_filter();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
