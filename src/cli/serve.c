@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "hub/local.h"
@@ -28,6 +30,20 @@ static void usage(FILE *out)
             "  --parallel N    generations run at once; more requests wait (default 1)\n"
             "  --api-key KEY   require 'Authorization: Bearer KEY' (default $PUNIE_API_KEY, else none)\n"
             "  --log-file P    append the log to P instead of standard error\n");
+}
+
+/* Once stopping has begun: a second signal, or a shutdown that takes too long, ends the process at once. */
+static void *stop_watchdog(void *arg)
+{
+    sigset_t *set = arg;
+    struct timespec limit = {.tv_sec = 15};
+    int sig = sigtimedwait(set, NULL, &limit);
+    if (sig > 0)
+        log_warn("second signal: exiting now");
+    else
+        log_warn("shutdown took longer than %ld s: exiting now", (long)limit.tv_sec);
+    _exit(1);
+    return NULL;
 }
 
 static int parse_int(const char *flag, const char *v, int lo, int hi, int *out)
@@ -148,6 +164,9 @@ int cmd_serve(int argc, char **argv)
     int sig = 0;
     sigwait(&stop_set, &sig);
     log_info("%s received: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    pthread_t watchdog;
+    if (pthread_create(&watchdog, NULL, stop_watchdog, &stop_set) == 0)
+        pthread_detach(watchdog);
     engine_shutdown(e);
     http_server_stop(srv);
     engine_free(e);
