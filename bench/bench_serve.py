@@ -69,16 +69,21 @@ def stream_request(port, max_tokens):
     return tokens, (first or t0) - t0, decode, total
 
 
-def generate_speed(args):
-    cmd = [args.bin, "generate", "--model", args.model, "--threads", str(args.threads), "--max-tokens",
-           str(args.tokens), "--temp", "0", "--prompt", PROMPT]
+def generate_speed(args, direct=False):
+    """Decode tokens/s of `punie generate`, or (direct) of the server's engine without HTTP."""
+    if direct:
+        cmd = [os.path.join(os.path.dirname(args.bin), "bench_serve_direct"), args.model, str(args.threads),
+               str(args.tokens), PROMPT]
+    else:
+        cmd = [args.bin, "generate", "--model", args.model, "--threads", str(args.threads), "--max-tokens",
+               str(args.tokens), "--temp", "0", "--prompt", PROMPT]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     text = r.stdout + r.stderr
     m = re.search(r"Generation:\s*(\d+)\s*tokens,\s*([\d.]+)\s*tokens-per-sec", text)
     if r.returncode != 0:
-        return None, f"punie generate failed ({r.returncode}): {text.strip()[-300:]}"
+        return None, f"{os.path.basename(cmd[0])} failed ({r.returncode}): {text.strip()[-300:]}"
     if m:
         return float(m.group(2)), f"{m.group(1)} tokens"
     return None, "no 'Generation: N tokens, X tokens-per-sec' line in its output (wall %.2fs)" % wall
@@ -97,6 +102,7 @@ def main():
 
     # 1. overhead
     gen_tps, note = generate_speed(args)
+    direct_tps, direct_note = generate_speed(args, direct=True)
     p, port = start_server(args, 1)
     try:
         stream_request(port, 8)  # warm-up
@@ -111,6 +117,10 @@ def main():
         print(f"serving / generate tokens/s ratio: {srv_tps / gen_tps:.3f} ({(1 - srv_tps / gen_tps) * 100:+.1f}% lost)")
     else:
         print(f"punie generate: {note}")
+    if direct_tps:
+        print(f"engine without HTTP: decode {direct_tps:.1f} tok/s ({direct_note})")
+        print(f"serving / direct engine tokens/s ratio: {srv_tps / direct_tps:.3f} "
+              f"({(1 - srv_tps / direct_tps) * 100:+.1f}% lost)")
 
     # 2. load
     p, port = start_server(args, 4)
