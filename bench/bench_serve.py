@@ -97,21 +97,30 @@ def main():
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--requests", type=int, default=4, help="requests per client in the load test")
     ap.add_argument("--ctx", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs in the overhead comparison")
     args = ap.parse_args()
     print(f"model {args.model}, {args.threads} threads, {args.tokens} tokens per request, {os.cpu_count()} cores")
 
-    # 1. overhead
-    gen_tps, note = generate_speed(args)
-    direct_tps, direct_note = generate_speed(args, direct=True)
+    # 1. overhead: runs alternate between the baselines and the server so that load from other
+    # processes hits both alike; the best of each is compared.
     p, port = start_server(args, 1)
+    gen_runs, direct_runs, runs = [], [], []
     try:
         stream_request(port, 8)  # warm-up
-        runs = [stream_request(port, args.tokens) for _ in range(3)]
+        for _ in range(args.rounds):
+            gen_runs.append(generate_speed(args))
+            direct_runs.append(generate_speed(args, direct=True))
+            runs.append(stream_request(port, args.tokens))
     finally:
         p.terminate()
         p.wait()
-    srv_tps = statistics.median(r[2] for r in runs)
-    print(f"serve, 1 client, streamed: decode {srv_tps:.1f} tok/s, first token {statistics.median(r[1] for r in runs) * 1000:.0f} ms")
+    ok = [g for g in gen_runs if g[0]]
+    gen_tps, note = (max(g[0] for g in ok), ok[0][1]) if ok else gen_runs[0]
+    ok = [g for g in direct_runs if g[0]]
+    direct_tps, direct_note = (max(g[0] for g in ok), ok[0][1]) if ok else direct_runs[0]
+    srv_tps = max(r[2] for r in runs)
+    print(f"serve, 1 client, streamed: decode {srv_tps:.1f} tok/s (best of {len(runs)}; median "
+          f"{statistics.median(r[2] for r in runs):.1f}), first token {statistics.median(r[1] for r in runs) * 1000:.0f} ms")
     if gen_tps:
         print(f"punie generate: decode {gen_tps:.1f} tok/s ({note})")
         print(f"serving / generate tokens/s ratio: {srv_tps / gen_tps:.3f} ({(1 - srv_tps / gen_tps) * 100:+.1f}% lost)")

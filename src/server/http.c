@@ -3,6 +3,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -347,6 +349,8 @@ static int open_listener(const char *host, int port, bool *ipv6, int *bound_port
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* Streamed tokens are small writes: send each at once (accepted sockets inherit this). */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     *ipv6 = res->ai_family == AF_INET6;
     if (bind(fd, res->ai_addr, res->ai_addrlen) != 0) {
         int e = errno;
