@@ -23,7 +23,6 @@ if [ "$(cat "$dir/stamp" 2>/dev/null)" != "$stamp" ]; then
     echo "Generating the repository ($BIG_MB MB + $SMALL_N x $SMALL_MB MB of random bytes)..."
     rm -rf "$dir"
     mkdir -p "$repo"
-    echo '{"model_type": "bench"}' > "$repo/config.json"
     head -c "${BIG_MB}M" /dev/urandom > "$repo/big.safetensors"
     for i in $(seq 1 "$SMALL_N"); do
         head -c "${SMALL_MB}M" /dev/urandom > "$repo/part-$i.safetensors"
@@ -31,6 +30,11 @@ if [ "$(cat "$dir/stamp" 2>/dev/null)" != "$stamp" ]; then
     (cd "$repo" && sha256sum -- *.safetensors > "$dir/sha256")
     echo "$stamp" > "$dir/stamp"
 fi
+# Small files so that the result is a complete model folder that punie verify accepts.
+echo '{"model_type": "bench"}' > "$repo/config.json"
+echo '{"version": "1.0"}' > "$repo/tokenizer.json"
+echo '{}' > "$repo/tokenizer_config.json"
+printf '{"weight_map": {"w": "big.safetensors"}}' > "$repo/model.safetensors.index.json"
 
 python3 "$here/tools/fake_hub.py" --quiet --port 0 --port-file "$dir/port" \
     --repo "bench/model=$repo" --sha256-file "$dir/sha256" &
