@@ -36,6 +36,7 @@ echo '{"version": "1.0"}' > "$repo/tokenizer.json"
 echo '{}' > "$repo/tokenizer_config.json"
 printf '{"weight_map": {"w": "big.safetensors"}}' > "$repo/model.safetensors.index.json"
 
+rm -f "$dir/port"
 python3 "$here/tools/fake_hub.py" --quiet --port 0 --port-file "$dir/port" \
     --repo "bench/model=$repo" --sha256-file "$dir/sha256" &
 hub_pid=$!
@@ -61,6 +62,9 @@ echo "Cores: $(nproc)   big file: $((big_bytes / 1000000)) MB   repo: $((all_byt
 fresh
 t0=$(now); curl -s -o "$dir/out/big.bin" "http://127.0.0.1:$cdn_port/cdn/$(sha big.safetensors)"; t1=$(now)
 curl_big=$(elapsed "$t0" "$t1")
+# The same, plus checking the sha256 afterwards: what a verified curl download costs.
+t0=$(now); openssl dgst -sha256 "$dir/out/big.bin" >/dev/null; t1=$(now)
+curl_big_verified=$(python3 -c "import sys; print('%.3f' % (float(sys.argv[1]) + float(sys.argv[2]) - float(sys.argv[3])))" "$curl_big" "$t1" "$t0")
 fresh
 t0=$(now); "$punie" download-model bench/model --models-dir "$dir/out/m" --include big.safetensors --quiet --jobs "$JOBS" >/dev/null; t1=$(now)
 punie_big=$(elapsed "$t0" "$t1")
@@ -80,9 +84,10 @@ punie_all=$(elapsed "$t0" "$t1")
 
 printf '\n%-34s %10s %10s\n' "case" "seconds" "MB/s"
 printf '%-34s %10s %10s\n' "curl, big file" "$curl_big" "$(rate "$big_bytes" "$curl_big")"
+printf '%-34s %10s %10s\n' "curl + openssl sha256, big file" "$curl_big_verified" "$(rate "$big_bytes" "$curl_big_verified")"
 printf '%-34s %10s %10s\n' "punie, big file (verified)" "$punie_big" "$(rate "$big_bytes" "$punie_big")"
 printf '%-34s %10s %10s\n' "curl, repo one file at a time" "$curl_all" "$(rate "$all_bytes" "$curl_all")"
 printf '%-34s %10s %10s\n' "punie, repo (verified)" "$punie_all" "$(rate "$all_bytes" "$punie_all")"
-python3 -c "import sys; a,b,c,d=map(float,sys.argv[1:]); print('\nratio punie/curl throughput: big file %.2fx, repo %.2fx' % (a/b, c/d))" \
-    "$curl_big" "$punie_big" "$curl_all" "$punie_all"
+python3 -c "import sys; a,b,c,d,e=map(float,sys.argv[1:]); print('\nratio punie/curl throughput: big file %.2fx (vs curl+sha256: %.2fx), repo %.2fx' % (a/b, e/b, c/d))" \
+    "$curl_big" "$punie_big" "$curl_all" "$punie_all" "$curl_big_verified"
 echo "punie verify after download: $verified"

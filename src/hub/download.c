@@ -59,8 +59,10 @@ typedef struct dfile {
     int nchunks, chunks_left;
     /* hashing follows the contiguous written prefix in its own thread */
     pthread_t hasher;
-    bool hasher_running, hash_stop, hash_done, hash_failed;
+    bool hasher_running, hash_stop, hash_done, hash_failed, hashing, hasher_waiting;
     long long hashed;
+    int front;                /* first chunk not yet complete */
+    blob_hasher hash;
     char digest[72];
     double last_sidecar;
     bool needs_download;
@@ -340,40 +342,38 @@ static void release_lock(dfile *f)
 
 /* ---- hashing thread ---------------------------------------------------------------------------- */
 
-static long long frontier(const dfile *f)
+/* End of the contiguous written prefix. Caller holds f->mu; front only moves forward. */
+static long long frontier(dfile *f)
 {
-    for (int i = 0; i < f->nchunks; i++)
-        if (f->chunks[i].done < f->chunks[i].end - f->chunks[i].start)
-            return f->chunks[i].start + f->chunks[i].done;
-    return f->size;
+    while (f->front < f->nchunks && f->chunks[f->front].done >= f->chunks[f->front].end - f->chunks[f->front].start)
+        f->front++;
+    return f->front < f->nchunks ? f->chunks[f->front].start + f->chunks[f->front].done : f->size;
 }
 
+/* The hash follows the contiguous written prefix. A worker writing exactly at the hashed position hashes its
+ * buffer in place (no re-read); this thread catches up on blocks that arrived out of order, from the file.
+ * f->hashing marks who currently owns the hash state. */
 static void *hash_thread(void *arg)
 {
     dfile *f = arg;
-    blob_hasher h;
     size_t cap = 4u << 20;
     char *buf = malloc(cap);
-    if (!buf || blob_hasher_init(&h, etag_hash_kind(f->etag), f->size, NULL) != 0) {
-        free(buf);
-        pthread_mutex_lock(&f->mu);
-        f->hash_failed = true;
-        f->hash_done = true;
-        pthread_cond_broadcast(&f->cv);
-        pthread_mutex_unlock(&f->mu);
-        return NULL;
-    }
-    long long pos = 0;
-    bool failed = false;
+    bool failed = buf == NULL;
     for (;;) {
         pthread_mutex_lock(&f->mu);
-        long long upto;
-        while ((upto = frontier(f)) <= pos && pos < f->size && !f->hash_stop)
+        long long upto = 0;
+        while (!failed && !f->hash_stop && f->hashed < f->size && (f->hashing || (upto = frontier(f)) <= f->hashed)) {
+            f->hasher_waiting = true;
             pthread_cond_wait(&f->cv, &f->mu);
-        bool stop = f->hash_stop;
-        pthread_mutex_unlock(&f->mu);
-        if (pos >= f->size || stop)
+            f->hasher_waiting = false;
+        }
+        if (failed || f->hash_stop || f->hashed >= f->size) {
+            pthread_mutex_unlock(&f->mu);
             break;
+        }
+        long long pos = f->hashed;
+        f->hashing = true;
+        pthread_mutex_unlock(&f->mu);
         while (pos < upto) {
             size_t want = (size_t)(upto - pos < (long long)cap ? upto - pos : (long long)cap);
             ssize_t r = pread(f->fd, buf, want, pos);
@@ -383,22 +383,21 @@ static void *hash_thread(void *arg)
                 failed = true;
                 break;
             }
-            blob_hasher_update(&h, buf, (size_t)r);
+            blob_hasher_update(&f->hash, buf, (size_t)r);
             pos += r;
         }
-        if (failed)
-            break;
         pthread_mutex_lock(&f->mu);
         f->hashed = pos;
+        f->hashing = false;
         pthread_mutex_unlock(&f->mu);
     }
     free(buf);
     pthread_mutex_lock(&f->mu);
-    if (!failed && pos == f->size)
-        blob_hasher_final(&h, f->digest);
+    if (!failed && f->hashed == f->size)
+        blob_hasher_final(&f->hash, f->digest);
     else
-        blob_hasher_free(&h);
-    f->hash_failed = failed;
+        blob_hasher_free(&f->hash);
+    f->hash_failed = failed || f->hashed != f->size;
     f->hash_done = true;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
@@ -517,10 +516,24 @@ static size_t chunk_body(const char *data, size_t len, void *user, const hub_hea
     }
     pthread_mutex_lock(&f->mu);
     c->done += (long long)len;
+    bool in_place = !f->hashing && !f->hash_done && f->hashed == pos;
+    if (in_place)
+        f->hashing = true;
     if (now_s() - f->last_sidecar > 0.5)
         save_sidecar(f);
-    pthread_cond_broadcast(&f->cv);
+    /* Wake the hashing thread only when it has something to catch up on. */
+    if (!in_place && f->hasher_waiting && !f->hashing && frontier(f) > f->hashed)
+        pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
+    if (in_place) {
+        blob_hasher_update(&f->hash, data, len);
+        pthread_mutex_lock(&f->mu);
+        f->hashed += (long long)len;
+        f->hashing = false;
+        if (f->hasher_waiting && (f->hashed >= f->size || frontier(f) > f->hashed))
+            pthread_cond_broadcast(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+    }
     progress_advance(f->dl->prog, f->prog, (long long)len);
     return io->reached_end ? 0 : used;
 }
@@ -703,6 +716,7 @@ static int open_incomplete(dl *d, dfile *f, perr *err)
     else if (had < f->counted)
         progress_rewind(d->prog, f->prog, f->counted - had);
     f->counted = had;
+    f->front = 0;
     f->chunks_left = 0;
     for (int i = 0; i < f->nchunks; i++)
         f->chunks_left += f->chunks[i].done < f->chunks[i].end - f->chunks[i].start;
@@ -731,8 +745,12 @@ static int prepare_file(dl *d, dfile *f, CURL *curl, bool *run_chunk0, perr *err
     }
     if (resolve_url(d, f, curl, err) != 0 || open_incomplete(d, f, err) != 0)
         return -1;
-    if (pthread_create(&f->hasher, NULL, hash_thread, f) != 0)
+    if (blob_hasher_init(&f->hash, etag_hash_kind(f->etag), f->size, err) != 0)
+        return -1;
+    if (pthread_create(&f->hasher, NULL, hash_thread, f) != 0) {
+        blob_hasher_free(&f->hash);
         return perr_set(err, "cannot start a thread");
+    }
     f->hasher_running = true;
     if (f->chunks_left == 0)
         return finalize(d, f, err);
