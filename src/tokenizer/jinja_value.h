@@ -73,10 +73,15 @@ typedef struct jv {
     } u;
 } jv;
 
+/* What Python type a list value stands for. Filters such as map/select return generators and
+ * dict.items() returns a view; they iterate like lists but print, index, test and serialise
+ * differently, which matters for byte-exact output. */
+typedef enum { JL_LIST, JL_TUPLE, JL_GENERATOR, JL_KEYS, JL_VALUES, JL_ITEMS } jlist_kind;
+
 struct jlist {
     jv *items;
     size_t n, cap;
-    bool is_tuple; /* prints as (a, b); never equal to a list */
+    jlist_kind kind;
 };
 
 struct jdict {
