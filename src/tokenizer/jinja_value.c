@@ -51,7 +51,7 @@ void jarena_free(jarena *a)
     a->used_total = 0;
 }
 
-void *jalloc(jctx *c, size_t n)
+static void *jalloc_raw(jctx *c, size_t n)
 {
     jarena *a = c->arena;
     n = (n + 15) & ~(size_t)15;
@@ -79,13 +79,19 @@ void *jalloc(jctx *c, size_t n)
     void *p = b->data + b->used;
     b->used += n;
     a->used_total += n;
+    return p;
+}
+
+void *jalloc(jctx *c, size_t n)
+{
+    void *p = jalloc_raw(c, n);
     memset(p, 0, n);
     return p;
 }
 
 char *jstrdup(jctx *c, const char *s, size_t n)
 {
-    char *p = jalloc(c, n + 1);
+    char *p = jalloc_raw(c, n + 1);
     if (n)
         memcpy(p, s, n);
     p[n] = 0;
@@ -423,7 +429,7 @@ void jbuf_put(jctx *c, jbuf *b, const char *s, size_t n)
         size_t cap = b->cap ? b->cap : 64;
         while (cap < b->n + n + 1)
             cap *= 2;
-        char *p = jalloc(c, cap);
+        char *p = jalloc_raw(c, cap); /* text buffers need no zeroing */
         if (b->n)
             memcpy(p, b->p, b->n);
         b->p = p;
