@@ -197,9 +197,28 @@ jv jv_list_new(jctx *c, size_t cap_hint)
     return v;
 }
 
+static int value_depth(jv v)
+{
+    if (v.k == JV_LIST)
+        return v.u.l->depth;
+    if (v.k == JV_DICT && !v.u.d->is_namespace)
+        return v.u.d->depth;
+    return 0;
+}
+
+static void note_child(jctx *c, int *depth, jv child)
+{
+    int d = value_depth(child) + 1;
+    if (d > JINJA_MAX_DEPTH)
+        jinja_fail(c, "value nested deeper than %d levels", JINJA_MAX_DEPTH);
+    if (d > *depth)
+        *depth = d;
+}
+
 void jv_list_push(jctx *c, jv list, jv item)
 {
     jlist *l = list.u.l;
+    note_child(c, &l->depth, item);
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 8;
         jv *items = jalloc(c, cap * sizeof(jv));
@@ -280,6 +299,10 @@ void jv_dict_set(jctx *c, jv dict, jv key, jv val)
 {
     jdict *d = dict.u.d;
     size_t at;
+    if (!d->is_namespace) {
+        note_child(c, &d->depth, key);
+        note_child(c, &d->depth, val);
+    }
     if (dict_find(d, key, &at)) {
         d->vals[at] = val;
         return;
@@ -314,6 +337,8 @@ void jv_dict_set_str(jctx *c, jv dict, const char *key, jv val)
 {
     size_t at;
     if (dict_find(dict.u.d, jv_strn(key, strlen(key)), &at)) {
+        if (!dict.u.d->is_namespace)
+            note_child(c, &dict.u.d->depth, val);
         dict.u.d->vals[at] = val; /* no key copy when replacing (loop variables) */
         return;
     }

@@ -82,6 +82,7 @@ struct jlist {
     jv *items;
     size_t n, cap;
     jlist_kind kind;
+    int depth; /* nesting below this list, bounded so that equality and ordering cannot recurse deeply */
 };
 
 struct jdict {
@@ -90,6 +91,7 @@ struct jdict {
     size_t n, cap;
     uint32_t *index; /* hash index for bigger dicts, or NULL */
     size_t index_cap;
+    int depth;         /* as for lists (namespaces, compared by identity, do not count) */
     bool is_namespace; /* namespace() objects accept `set ns.attr = ...` */
 };
 

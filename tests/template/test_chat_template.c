@@ -338,6 +338,9 @@ static void test_limits(void)
     expect_error("{% set ns = namespace(s='x') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
                  "{}", "", "exponential string growth");
     expect_error("{{ 'x' * 100000000000 }}", "{}", "too large", "huge repetition");
+    expect_error("{% set ns = namespace(a=[], b=[]) %}{% for i in range(5000) %}{% set ns.a = [ns.a] %}"
+                 "{% set ns.b = [ns.b] %}{% endfor %}{{ ns.a == ns.b }}",
+                 "{}", "nested deeper", "deeply nested values built by the template");
 
     /* Value nesting from JSON input. */
     char *deep_json = repeat_str("[", 600, "1", "]");
