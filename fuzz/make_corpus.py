@@ -186,6 +186,21 @@ def seeds_hub(shared, out):
         write(out, "fuzz_hub_headers", "head%d" % i, h)
 
 
+def seeds_reply_text(shared, out):
+    """Model replies (tool calls in every form the server accepts) and stop strings."""
+    replies = ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+               'Sure.\n```json\n{"name": "run", "arguments": {"cmd": "make test"}}\n```\nDone.',
+               '{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\"}"}\n{"name": "run", "arguments": {}}',
+               'text <tool_call>{"name": "nope"</tool_call> more <tool_call>{"name": "x", "arguments": [1]}',
+               '```python\nprint(1)\n```\n  {"a": 1}\n{"name": "run", "arguments": {"s": "}\\"{"}}']
+    for i, r in enumerate(replies):
+        for opt in (b"\x01", b"\x00", b"\x2b"):
+            write(out, "fuzz_tool_calls", "r%d_%d" % (i, opt[0]), opt + r.encode())
+    for i, (stops, text) in enumerate([("\n\n", "a\nb\n\nc"), ("<|im_end|>\nend", "x<|im_end|>y"),
+                                       ("aab\nab", "aaab"), ("", "no stops at all")]):
+        write(out, "fuzz_stop_filter", "s%d" % i, stops + "\n----\n" + text)
+
+
 def seeds_repo_id(shared, out):
     for i, r in enumerate(["mlx-community/Qwen2.5-Coder-7B-Instruct-4bit", "a/b", "a..b/c", "../x", "a/b/c",
                            "-a/b", "x" * 97 + "/y", "org/na_me.v2"]):
@@ -200,7 +215,7 @@ def main():
     ap.add_argument("--work", required=True)
     a = ap.parse_args()
     shutil.rmtree(a.out, ignore_errors=True)
-    for gen in (seeds_safetensors, seeds_config, seeds_tokenizer, seeds_chat, seeds_hub, seeds_repo_id):
+    for gen in (seeds_safetensors, seeds_config, seeds_tokenizer, seeds_chat, seeds_hub, seeds_reply_text, seeds_repo_id):
         gen(a.shared, a.out)
     # Every target gets an empty working folder (libFuzzer writes new inputs there).
     for name in os.listdir(os.path.join(a.source, "fuzz")):
