@@ -1,5 +1,6 @@
 /* Repository ids and revisions come from the command line and from model specs ("local:REPO"):
- * validation and the cache folder name must hold for any bytes. */
+ * validation and the cache folder name must hold for any bytes.
+ * Needs: src/hub/local.c */
 #include "fuzz.h"
 
 #include "hub/local.h"

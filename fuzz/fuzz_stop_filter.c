@@ -1,7 +1,8 @@
 /* Stop strings come from the request and the text from the model (src/server/stop_filter.c). For any
  * split of the text into chunks: the output is a prefix of the text with no stop string inside it; when a
  * stop is reported the text continues with a stop string right there; otherwise the output is the text.
- * Input: stop strings, one per line, then "\n----\n", then the text; the first byte also seeds the chunks. */
+ * Input: stop strings, one per line, then "\n----\n", then the text; the first byte also seeds the chunks.
+ * Needs: src/server/stop_filter.c */
 #include "fuzz.h"
 
 #include "server/stop_filter.h"

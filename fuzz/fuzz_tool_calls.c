@@ -2,7 +2,8 @@
  * writes: no crash, the same result however the text is split into chunks (streaming and non-streaming
  * replies must agree), and without tools the text passes unchanged. (Arguments the model wrote as a JSON
  * string are passed on as that string, JSON or not, as OpenAI clients expect.)
- * Input: one byte of options (bit 0: tools offered; the rest seeds the chunk sizes), then the reply text. */
+ * Input: one byte of options (bit 0: tools offered; the rest seeds the chunk sizes), then the reply text.
+ * Needs: src/server/tool_calls.c */
 #include "fuzz.h"
 
 #include <cjson/cJSON.h>
