@@ -1,9 +1,118 @@
-/* Run-time choice of the kernel implementation. Only the scalar path exists so far. */
+/* Run-time choice of the kernel implementation: the best instruction set the CPU and the OS support,
+ * capped by PUNIE_ISA=scalar|avx2|avx512 (for tests and benchmarks). Also the per-thread scratch
+ * memory the SIMD kernels use for quantized activations. */
 #include "kernels/qmatmul.h"
+#include "kernels/qmatmul_internal.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef void (*qmatmul_fn)(const qweight *, const float *, int, float *, int, int, int);
+
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512VNNI, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni"};
+static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx512,
+                                              qmatmul_avx512vnni};
+
+static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
+static int isa_best;    /* best supported by this CPU */
+static int isa_current; /* in use */
+
+static int cpu_level(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    /* __builtin_cpu_supports also checks that the OS saves the vector state (XGETBV). */
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+          __builtin_cpu_supports("f16c")))
+        return ISA_SCALAR;
+    if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
+        return ISA_AVX2;
+    return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512VNNI : ISA_AVX512;
+#else
+    return ISA_SCALAR;
+#endif
+}
+
+static void isa_init(void)
+{
+    isa_best = cpu_level();
+    isa_current = isa_best;
+    const char *cap = getenv("PUNIE_ISA");
+    if (cap && *cap) {
+        int lim = ISA_COUNT - 1;
+        if (strcmp(cap, "scalar") == 0)
+            lim = ISA_SCALAR;
+        else if (strcmp(cap, "avx2") == 0)
+            lim = ISA_AVX2;
+        else if (strcmp(cap, "avx512") == 0)
+            lim = ISA_AVX512VNNI; /* AVX-512, with VNNI where present */
+        else if (strcmp(cap, "avx512novnni") == 0)
+            lim = ISA_AVX512;
+        if (isa_current > lim)
+            isa_current = lim;
+    }
+}
 
 void qmatmul(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
-    qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
+    pthread_once(&isa_once, isa_init);
+    isa_fns[isa_current](w, x, n_tok, y, ldy, r0, r1);
 }
 
-const char *kernels_isa(void) { return "scalar"; }
+const char *kernels_isa(void)
+{
+    pthread_once(&isa_once, isa_init);
+    return isa_names[isa_current];
+}
+
+int kernels_select_isa(const char *name)
+{
+    pthread_once(&isa_once, isa_init);
+    for (int i = 0; i < ISA_COUNT; i++)
+        if (strcmp(name, isa_names[i]) == 0 && i <= isa_best) {
+            isa_current = i;
+            return 0;
+        }
+    return -1;
+}
+
+static _Thread_local struct {
+    void *ptr;
+    size_t cap;
+} scratch[KSCRATCH_SLOTS];
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *unused)
+{
+    for (int i = 0; i < KSCRATCH_SLOTS; i++) {
+        free(scratch[i].ptr);
+        scratch[i].ptr = NULL;
+        scratch[i].cap = 0;
+    }
+}
+
+static void scratch_key_init(void) { (void)pthread_key_create(&scratch_key, scratch_free); }
+
+void *kernels_scratch(int slot, size_t bytes)
+{
+    if (slot < 0 || slot >= KSCRATCH_SLOTS)
+        return NULL;
+    if (scratch[slot].cap >= bytes)
+        return scratch[slot].ptr;
+    pthread_once(&scratch_once, scratch_key_init);
+    /* A non-NULL value makes the destructor run at thread exit. */
+    (void)pthread_setspecific(scratch_key, (void *)1);
+    size_t cap = bytes + bytes / 4 + 4096;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, cap) != 0)
+        return NULL;
+    free(scratch[slot].ptr);
+    scratch[slot].ptr = p;
+    scratch[slot].cap = cap;
+    return p;
+}

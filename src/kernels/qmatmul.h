@@ -37,4 +37,9 @@ float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unalig
  * PUNIE_ISA=scalar|avx2|avx512 in the environment caps the choice (tests, benchmarks). */
 const char *kernels_isa(void);
 
+/* Forces one implementation ("scalar", "avx2", "avx512" without VNNI, "avx512vnni") if this CPU has
+ * it; returns 0, or -1 when unsupported. For tests and benchmarks; not thread-safe against running
+ * kernels. The SIMD paths quantize activations per group to int8 (logits within ~1e-2 of fp32). */
+int kernels_select_isa(const char *name);
+
 #endif
