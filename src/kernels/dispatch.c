@@ -4,7 +4,11 @@
 #include "kernels/qmatmul.h"
 #include "kernels/qmatmul_internal.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,13 +23,22 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int isa_best;    /* best supported by this CPU */
 static int isa_current; /* in use */
 
+#if defined(__x86_64__) || defined(__i386__)
+/* clang (up to 15 at least) rejects __builtin_cpu_supports("f16c"): read CPUID leaf 1, ECX bit 29. The
+ * OS-state check is already covered by the avx2 test. */
+static bool cpu_has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
 static int cpu_level(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     /* __builtin_cpu_supports also checks that the OS saves the vector state (XGETBV). */
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-          __builtin_cpu_supports("f16c")))
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()))
         return ISA_SCALAR;
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
