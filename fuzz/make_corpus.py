@@ -160,14 +160,16 @@ def seeds_hub(shared, out):
         tree.append(entry)
         siblings.append({"rfilename": name})
     tree.append({"type": "directory", "oid": "0" * 40, "size": 0, "path": "sub"})
-    write(out, "fuzz_hub_json", "tree", jdump(tree))
-    write(out, "fuzz_hub_json", "tree_nested", jdump(tree + [{"type": "file", "oid": "1" * 40, "size": 3,
-                                                              "path": "sub/../../x"}]))
+    write(out, "fuzz_hub_json", "tree", b"\x00" + jdump(tree).encode())
+    write(out, "fuzz_hub_json", "tree_nested", b"\x00" + jdump(tree + [{"type": "file", "oid": "1" * 40, "size": 3,
+                                                                      "path": "sub/../../x"}]).encode())
     info = {"_id": "x", "id": "mlx-community/tiny", "sha": commit, "private": False, "gated": False,
             "disabled": False, "siblings": siblings}
-    write(out, "fuzz_hub_json", "revision", jdump(info))
-    write(out, "fuzz_hub_json", "gated", jdump(dict(info, gated="manual", private=True)))
-    write(out, "fuzz_hub_json", "error", jdump({"error": "Repository not found"}))
+    write(out, "fuzz_hub_json", "revision", b"\x01" + jdump(info).encode())
+    write(out, "fuzz_hub_json", "gated", b"\x01" + jdump(dict(info, gated="manual", private=True)).encode())
+    write(out, "fuzz_hub_json", "error", b"\x01" + jdump({"error": "Repository not found"}).encode())
+    write(out, "fuzz_hub_json", "sidecar", b"\x02punie-partial 1 44579402 2\n0 22289701 1000\n22289701 44579402 0\n")
+    write(out, "fuzz_hub_json", "sidecar1", b"\x02punie-partial 1 44579402 1\n0 44579402 44579402\n")
     heads = [
         "HTTP/1.1 302 Found\r\nLocation: https://cdn-lfs.hf.co/repos/ab/cd?X-Amz=1\r\n"
         "X-Linked-Etag: \"%s\"\r\nX-Linked-Size: 44579402\r\nX-Repo-Commit: %s\r\nETag: W/\"abc\"\r\n"
