@@ -183,6 +183,8 @@ def seeds_hub(shared, out):
         "HTTP/1.1 404 Not Found\r\nX-Error-Code: EntryNotFound\r\nX-Error-Message: Entry not found\r\n"
         "X-Repo-Commit: %s\r\n\r\n" % commit,
         "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nRateLimit: \"api\";r=0;t=55\r\n\r\n",
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 99999999999999999999\r\n"
+        "RateLimit: \"api\";r=0;t=99999999999999999999\r\nX-Linked-Size: 99999999999999999999\r\n\r\n",
     ]
     for i, h in enumerate(heads):
         write(out, "fuzz_hub_headers", "head%d" % i, h)
