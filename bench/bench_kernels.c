@@ -187,8 +187,8 @@ int main(int argc, char **argv)
     if (threads < 1)
         threads = 1;
     if (n_isa == 0) {
-        static const char *const all[] = {"scalar", "avx2", "avx512", "avx512vnni"};
-        for (int i = 0; i < 4; i++)
+        static const char *const all[] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
+        for (int i = 0; i < 5; i++)
             isas[n_isa++] = all[i];
     }
     printf("threads %d, best kernel on this CPU: %s\n", threads, kernels_isa());
@@ -227,16 +227,21 @@ int main(int argc, char **argv)
     printf("weights: %d matrices (%dx%d and %dx%d, 4-bit g%d F16), %.2f GB\n", nw, I, H, H, I, G,
            (double)total / 1e9);
 
-    /* Bandwidth: a buffer as large as the weights, read by 1 and by all threads. */
+    /* Bandwidth: a buffer as large as the weights, read by 1 and by all threads. It is measured again
+     * right before each kernel's decode run, and the decode ratio uses that neighbouring figure, so a
+     * busy machine skews both alike. */
     size_t bw_bytes = total / 64 * 64;
     uint64_t *bwbuf = malloc(bw_bytes);
+    if (!bwbuf) {
+        fprintf(stderr, "out of memory\n");
+        return 1;
+    }
     memset(bwbuf, 1, bw_bytes);
     pool p1, pn;
     pool_start(&p1, 1);
     pool_start(&pn, threads);
     double bw1 = measure_bw(&p1, bwbuf, bw_bytes);
     double bwn = measure_bw(&pn, bwbuf, bw_bytes);
-    free(bwbuf);
     printf("memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n", bw1, bwn, threads);
 
     size_t xmax = (size_t)n_prefill * (size_t)I;
@@ -244,8 +249,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < xmax; i++)
         x[i] = (float)((int)(rnd64() % 2001) - 1000) / 700.0f;
 
-    printf("\n%-11s %12s %10s %12s %14s %14s %12s\n", "kernel", "decode GB/s", "of bw", "decode GF/s",
-           "prefill GF/s", "prefill tok/s", "vs decode");
+    printf("\n%-11s %8s %12s %7s %12s %14s %14s %10s\n", "kernel", "bw GB/s", "decode GB/s", "of bw",
+           "decode GF/s", "prefill GF/s", "prefill tok/s", "vs decode");
     for (int ii = 0; ii < n_isa; ii++) {
         if (kernels_select_isa(isas[ii]) != 0) {
             printf("%-11s not supported on this CPU\n", isas[ii]);
@@ -253,6 +258,7 @@ int main(int argc, char **argv)
         }
         const int scalar = strcmp(isas[ii], "scalar") == 0;
         /* decode: one token through every matrix, best of a few passes */
+        bwn = measure_bw(&pn, bwbuf, bw_bytes);
         mm_arg m = {.w = ws, .nw = nw, .x = x, .y = y, .n_tok = 1};
         pool_run(&pn, mm_job, &m); /* warm-up */
         double best = 1e30;
@@ -286,15 +292,16 @@ int main(int argc, char **argv)
         double pf_gflops = 2 * pparams * n_prefill / pbest / 1e9;
         /* tokens/s through the same set of matrices as decode, at this FLOP rate */
         double pf_tok = pf_gflops * 1e9 / (2 * params);
-        printf("%-11s %12.2f %9.0f%% %12.2f %14.1f %14.2f %11.1fx\n", isas[ii], dec_gbs,
+        printf("%-11s %8.1f %12.2f %6.0f%% %12.2f %14.1f %14.2f %9.1fx\n", isas[ii], bwn, dec_gbs,
                100 * dec_gbs / bwn, dec_gflops, pf_gflops, pf_tok, pf_tok / dec_tok);
         fflush(stdout);
     }
     printf("\ndecode GB/s: weight bytes (packed + scales + biases) per second, one token;\n"
-           "of bw: vs the %d-thread read bandwidth above; prefill: %d tokens per call;\n"
+           "bw: %d-thread read bandwidth measured just before; prefill: %d tokens per call;\n"
            "vs decode: prefill tokens/s over decode tokens/s on the same matrices.\n",
            threads, n_prefill);
     pool_stop(&p1);
     pool_stop(&pn);
+    free(bwbuf);
     return 0;
 }

@@ -1,5 +1,6 @@
 /* Run-time choice of the kernel implementation: the best instruction set the CPU and the OS support,
- * capped by PUNIE_ISA=scalar|avx2|avx512 (for tests and benchmarks). Also the per-thread scratch
+ * capped by PUNIE_ISA=scalar|avx2|avx512|amx (for tests and benchmarks). "amx" is AVX-512 VNNI with
+ * AMX tiles for batches of 16 tokens or more (prefill). Also the per-thread scratch
  * memory the SIMD kernels use for quantized activations. */
 #include "kernels/qmatmul.h"
 #include "kernels/qmatmul_internal.h"
@@ -9,15 +10,29 @@
 #endif
 #include <pthread.h>
 #include <stdbool.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef void (*qmatmul_fn)(const qweight *, const float *, int, float *, int, int, int);
 
-enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512VNNI, ISA_COUNT };
-static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni"};
+/* Batches at least this large go to the AMX kernel. */
+#define AMX_MIN_TOKENS 16
+
+static void qmatmul_amx_or_vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy,
+                                int r0, int r1)
+{
+    if (n_tok >= AMX_MIN_TOKENS && r1 > r0)
+        qmatmul_amx(w, x, n_tok, y, ldy, r0, r1);
+    else
+        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
+}
+
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512VNNI, ISA_AMX, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
 static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx512,
-                                              qmatmul_avx512vnni};
+                                              qmatmul_avx512vnni, qmatmul_amx_or_vnni};
 
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int isa_best;    /* best supported by this CPU */
@@ -43,7 +58,17 @@ static int cpu_level(void)
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
         return ISA_AVX2;
-    return __builtin_cpu_supports("avx512vnni") ? ISA_AVX512VNNI : ISA_AVX512;
+    if (!__builtin_cpu_supports("avx512vnni"))
+        return ISA_AVX512;
+#if defined(__x86_64__) && defined(SYS_arch_prctl)
+    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8")) {
+        /* Linux hands out the large AMX register state only on request (ARCH_REQ_XCOMP_PERM for
+         * XFEATURE_XTILEDATA); the permission covers every thread of the process. */
+        if (syscall(SYS_arch_prctl, 0x1023, 18) == 0)
+            return ISA_AMX;
+    }
+#endif
+    return ISA_AVX512VNNI;
 #else
     return ISA_SCALAR;
 #endif
@@ -62,6 +87,8 @@ static void isa_init(void)
             lim = ISA_AVX2;
         else if (strcmp(cap, "avx512") == 0)
             lim = ISA_AVX512VNNI; /* AVX-512, with VNNI where present */
+        else if (strcmp(cap, "amx") == 0)
+            lim = ISA_AMX;
         else if (strcmp(cap, "avx512novnni") == 0)
             lim = ISA_AVX512;
         if (isa_current > lim)
@@ -69,10 +96,25 @@ static void isa_init(void)
     }
 }
 
+/* Long batches go through in slices so that the per-thread scratch for quantized activations
+ * stays small (about 1.5 bytes per activation, so ~7 MB for 256 x 18944); 256 tokens per slice
+ * already amortise the per-slice weight unpacking. */
+#define MAX_TOKENS_PER_CALL 256
+
 void qmatmul(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
     pthread_once(&isa_once, isa_init);
-    isa_fns[isa_current](w, x, n_tok, y, ldy, r0, r1);
+    qmatmul_fn fn = isa_fns[isa_current];
+    /* The SIMD kernels handle exactly what MLX affine 4/8-bit files contain; anything else (the
+     * loader should have refused it) takes the generic scalar path rather than misbehaving. */
+    const int G = w->group_size;
+    if ((w->bits != 4 && w->bits != 8) || (G != 32 && G != 64 && G != 128) || w->cols <= 0 ||
+        w->cols % G != 0)
+        fn = qmatmul_scalar;
+    for (int t0 = 0; t0 < n_tok; t0 += MAX_TOKENS_PER_CALL) {
+        const int n = n_tok - t0 < MAX_TOKENS_PER_CALL ? n_tok - t0 : MAX_TOKENS_PER_CALL;
+        fn(w, x + (size_t)t0 * (size_t)w->cols, n, y + (size_t)t0 * (size_t)ldy, ldy, r0, r1);
+    }
 }
 
 const char *kernels_isa(void)

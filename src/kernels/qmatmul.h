@@ -33,11 +33,12 @@ float f16_to_f32(uint16_t h);
 float bf16_to_f32(uint16_t b);
 float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unaligned-safe */
 
-/* The instruction set the dispatcher picked: "avx512vnni", "avx512", "avx2" or "scalar".
- * PUNIE_ISA=scalar|avx2|avx512 in the environment caps the choice (tests, benchmarks). */
+/* The instruction set the dispatcher picked: "amx" (AVX-512 VNNI, AMX tiles for batches of 16+
+ * tokens), "avx512vnni", "avx512", "avx2" or "scalar".
+ * PUNIE_ISA=scalar|avx2|avx512|amx in the environment caps the choice (tests, benchmarks). */
 const char *kernels_isa(void);
 
-/* Forces one implementation ("scalar", "avx2", "avx512" without VNNI, "avx512vnni") if this CPU has
+/* Forces one implementation ("scalar", "avx2", "avx512" without VNNI, "avx512vnni", "amx") if this CPU has
  * it; returns 0, or -1 when unsupported. For tests and benchmarks; not thread-safe against running
  * kernels. The SIMD paths quantize activations per group to int8 (logits within ~1e-2 of fp32). */
 int kernels_select_isa(const char *name);

@@ -23,38 +23,26 @@ typedef struct tile_ctx {
     __mmask64 tail_mask;
 } tile_ctx;
 
-/* Converts n scale/bias values starting at index i0 to floats, then zero pads to a multiple of 16
- * plus 16 so that vector loads past the end read zeros. */
-static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
-                        int padded)
+/* Converts n scale/bias values starting at index i0 to floats, then zero pads to `padded` (a multiple
+ * of 16, at least n + 16) so that vector loads past the end read zeros. Masked loads never touch
+ * bytes past the tensor. */
+static inline void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
+                               int padded)
 {
-    int i = 0;
-    if (dt == DT_F16) {
-        const uint8_t *s = src + i0 * 2;
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(dst + i,
-                             _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + (size_t)i * 2))));
-    } else if (dt == DT_BF16) {
-        const uint8_t *s = src + i0 * 2;
-        for (; i + 16 <= n; i += 16) {
-            __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + (size_t)i * 2)));
-            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
-        }
-    } else {
-        const uint8_t *s = src + i0 * 4;
-        for (; i + 16 <= n; i += 16)
-            _mm512_storeu_ps(dst + i, _mm512_loadu_ps(s + (size_t)i * 4));
+    for (int i = 0; i < padded; i += 16) {
+        const int left = n - i;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xffff
+                                       : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
+        __m512 v;
+        if (dt == DT_F16)
+            v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + (i0 + (size_t)i) * 2));
+        else if (dt == DT_BF16)
+            v = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + (i0 + (size_t)i) * 2)), 16));
+        else
+            v = _mm512_maskz_loadu_ps(m, src + (i0 + (size_t)i) * 4);
+        _mm512_storeu_ps(dst + i, v);
     }
-    if (i < n) {
-        /* the last partial vector goes through a zeroed copy: never read past the tensor */
-        const size_t esz = dt == DT_F32 ? 4 : 2;
-        _Alignas(64) uint8_t tmp[16 * 4] = {0};
-        memcpy(tmp, src + (i0 + (size_t)i) * esz, (size_t)(n - i) * esz);
-        convert_row(tmp, dt, 0, 16, dst + i, 16);
-        i += 16;
-    }
-    for (; i < padded; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_setzero_ps());
 }
 
 static inline __attribute__((always_inline)) __m512i dot_chunk(__m512i lo, __m512i hi, __m512i ql,

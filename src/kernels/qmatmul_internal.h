@@ -19,12 +19,14 @@
 #include <string.h>
 
 /* Per-thread growable buffer; slot 0..KSCRATCH_SLOTS-1. Returns NULL when memory is exhausted. */
-#define KSCRATCH_SLOTS 6
+#define KSCRATCH_SLOTS 8
 void *kernels_scratch(int slot, size_t bytes);
 
 void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_avx512(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_avx512vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0,
                         int r1);
+/* AMX tiles (needs the OS permission the dispatcher requests); meant for n_tok >= 16. */
+void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 
 #endif

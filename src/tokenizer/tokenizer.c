@@ -6,6 +6,7 @@
 #include "tokenizer/tokenizer.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,7 @@
 #define MAX_JSON_DEPTH 64
 
 size_t tokenizer_bpe_heap_min = 64;
+bool tokenizer_cache_enabled = true;
 
 typedef struct added_token {
     int32_t id;
@@ -42,12 +44,18 @@ typedef struct merge_slot {
 struct tokenizer {
     /* Token bytes (raw, after undoing the byte-level map) for ids 0..n_ids-1; len -1 = no token. */
     int32_t n_ids;
-    uint32_t *tok_off;
-    int32_t *tok_len;
+    struct tok {
+        uint32_t off;
+        int32_t len;
+    } *tok;
     char *bytes;
     size_t bytes_len, bytes_cap;
 
-    int32_t *vocab_slots; /* open addressing over BPE vocab ids, keyed by bytes; -1 free */
+    struct vocab_slot {
+        int32_t id;   /* -1 free */
+        uint8_t len;  /* token length, capped at 255 */
+        char head[11]; /* first bytes of the token: most lookups never touch the byte arena */
+    } *vocab_slots;   /* open addressing over BPE vocab ids, keyed by bytes */
     size_t vocab_mask;
 
     merge_slot *merges;
@@ -99,20 +107,50 @@ static inline uint64_t mix64(uint64_t x)
     return x;
 }
 
+/* 64x64->128 multiply folded to 64 bits: a fast, well-mixing step for short keys. */
+static inline uint64_t mum(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+static inline uint64_t load64(const unsigned char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline uint64_t load32(const unsigned char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
 static uint64_t hash_bytes(const void *data, size_t len)
 {
     const unsigned char *p = data;
-    uint64_t h = 0x9E3779B97F4A7C15ULL ^ len;
-    while (len >= 8) {
-        uint64_t v;
-        memcpy(&v, p, 8);
-        h = mix64(h ^ v) + 0x9E3779B97F4A7C15ULL;
-        p += 8;
-        len -= 8;
+    const uint64_t k1 = 0xa0761d6478bd642fULL, k2 = 0xe7037ed1a0b428dbULL, k3 = 0x8ebc6af09c88c6e3ULL;
+    uint64_t a, b, seed = len * k3;
+    if (len <= 8) {
+        if (len >= 4) {
+            a = load32(p);
+            b = load32(p + len - 4);
+        } else if (len > 0) {
+            a = (uint64_t)p[0] << 16 | (uint64_t)p[len >> 1] << 8 | p[len - 1];
+            b = 0;
+        } else {
+            a = b = 0;
+        }
+    } else {
+        size_t i = 0;
+        for (; i + 8 < len; i += 8)
+            seed = mum(load64(p + i) ^ k1, seed ^ k2);
+        a = load64(p + len - 8);
+        b = i;
     }
-    uint64_t v = 0;
-    memcpy(&v, p, len);
-    return mix64(h ^ v ^ ((uint64_t)len << 56));
+    return mum(a ^ k1, b ^ seed ^ k2) * k3 ^ seed;
 }
 
 static size_t pow2_at_least(size_t n)
@@ -123,17 +161,25 @@ static size_t pow2_at_least(size_t n)
     return s;
 }
 
-static int32_t vocab_find(const tokenizer *t, const void *bytes, size_t len)
+static int32_t vocab_find_hashed(const tokenizer *t, const void *bytes, size_t len, uint64_t h)
 {
-    size_t i = hash_bytes(bytes, len) & t->vocab_mask;
+    size_t i = h & t->vocab_mask;
+    uint8_t l8 = len > 255 ? 255 : (uint8_t)len;
+    size_t head = len < 11 ? len : 11;
     for (;;) {
-        int32_t id = t->vocab_slots[i];
-        if (id < 0)
+        const struct vocab_slot *s = &t->vocab_slots[i];
+        if (s->id < 0)
             return -1;
-        if ((size_t)t->tok_len[id] == len && memcmp(t->bytes + t->tok_off[id], bytes, len) == 0)
-            return id;
+        if (s->len == l8 && memcmp(s->head, bytes, head) == 0 &&
+            (len <= 11 || ((size_t)t->tok[s->id].len == len && memcmp(t->bytes + t->tok[s->id].off, bytes, len) == 0)))
+            return s->id;
         i = (i + 1) & t->vocab_mask;
     }
+}
+
+static int32_t vocab_find(const tokenizer *t, const void *bytes, size_t len)
+{
+    return vocab_find_hashed(t, bytes, len, hash_bytes(bytes, len));
 }
 
 static inline const merge_slot *merge_find(const tokenizer *t, int32_t a, int32_t b)
@@ -276,7 +322,7 @@ static int scan_string(jscan *s, buf *out, perr *err)
 }
 
 /* Skips any JSON value (checked later by cJSON when it is used). */
-static int skip_value(jscan *s, perr *err)
+static int skip_value_counting(jscan *s, size_t *strings, perr *err)
 {
     ws(s);
     if (s->p >= s->end)
@@ -288,6 +334,7 @@ static int skip_value(jscan *s, perr *err)
         char c = *s->p;
         if (c == '"') {
             s->p++;
+            (*strings)++;
             while (s->p < s->end && *s->p != '"') {
                 if (*s->p == '\\' && s->end - s->p < 2)
                     return perr_set(err, "unterminated string");
@@ -314,6 +361,12 @@ static int skip_value(jscan *s, perr *err)
         }
     } while (depth > 0);
     return 0;
+}
+
+static int skip_value(jscan *s, perr *err)
+{
+    size_t strings = 0;
+    return skip_value_counting(s, &strings, err);
 }
 
 static int expect(jscan *s, char c, perr *err)
@@ -353,6 +406,20 @@ static void bytelevel_decode(const buf *in, buf *out)
     const unsigned char *p = (const unsigned char *)in->p;
     size_t i = 0;
     while (i < in->len) {
+        unsigned c = p[i];
+        if (c >= 0x21 && c <= 0x7E) { /* printable ASCII maps to itself */
+            out->p[out->len++] = (char)c;
+            i++;
+            continue;
+        }
+        if ((c & 0xE0) == 0xC0 && i + 1 < in->len && (p[i + 1] & 0xC0) == 0x80 && c >= 0xC2) {
+            uint32_t cp2 = (c & 0x1F) << 6 | (p[i + 1] & 0x3F);
+            if (cp2 < 0x144 && cp_to_byte[cp2] >= 0) {
+                out->p[out->len++] = (char)cp_to_byte[cp2];
+                i += 2;
+                continue;
+            }
+        }
         uint32_t cp;
         size_t k = utf8_decode(p + i, in->len - i, &cp);
         if (cp < 0x144 && cp_to_byte[cp] >= 0) {
@@ -454,45 +521,91 @@ done:
     return rc;
 }
 
-static int add_merge(tokenizer *t, const buf *a, const buf *b, int32_t rank, buf *tmp, size_t index, perr *err)
+/* Merges are resolved in batches: hashing a batch first and prefetching its table slots lets the
+ * memory fetches overlap instead of paying one cache miss after another. */
+#define MERGE_BATCH 64
+
+typedef struct merge_batch {
+    size_t n;
+    int32_t first_rank;
+    buf bytes; /* left then right token bytes of each merge */
+    struct {
+        uint32_t off, la, lb;
+        uint64_t ha, hb;
+    } m[MERGE_BATCH];
+} merge_batch;
+
+static int batch_flush(tokenizer *t, merge_batch *mb, perr *err)
 {
-    bytelevel_decode(a, tmp);
-    int32_t ia = vocab_find(t, tmp->p, tmp->len);
-    size_t la = tmp->len;
     char cat[2 * MAX_TOKEN_BYTES];
-    if (la > MAX_TOKEN_BYTES)
-        return perr_set(err, "merge %zu: token too long", index);
-    memcpy(cat, tmp->p, la);
-    bytelevel_decode(b, tmp);
-    int32_t ib = vocab_find(t, tmp->p, tmp->len);
-    if (tmp->len > MAX_TOKEN_BYTES)
-        return perr_set(err, "merge %zu: token too long", index);
-    memcpy(cat + la, tmp->p, tmp->len);
-    int32_t ic = vocab_find(t, cat, la + tmp->len);
-    if (ia < 0 || ib < 0 || ic < 0)
-        return perr_set(err, "merge %zu (\"%.*s\" \"%.*s\") refers to a token missing from the vocab", index,
-                        (int)(a->len > 40 ? 40 : a->len), a->p, (int)(b->len > 40 ? 40 : b->len), b->p);
-    uint64_t key = (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib;
-    size_t i = mix64(key) & t->merge_mask;
-    while (t->merges[i].key != EMPTY_KEY && t->merges[i].key != key)
-        i = (i + 1) & t->merge_mask;
-    /* A repeated pair keeps its later rank, as the Hugging Face loader does. */
-    t->merges[i].key = key;
-    t->merges[i].rank = rank;
-    t->merges[i].id = ic;
+    int32_t ids[MERGE_BATCH][3];
+    for (size_t k = 0; k < mb->n; k++) {
+        const char *pa = mb->bytes.p + mb->m[k].off, *pb = pa + mb->m[k].la;
+        size_t la = mb->m[k].la, lb = mb->m[k].lb;
+        int32_t rank = mb->first_rank + (int32_t)k;
+        int32_t ia = vocab_find_hashed(t, pa, la, mb->m[k].ha);
+        int32_t ib = vocab_find_hashed(t, pb, lb, mb->m[k].hb);
+        memcpy(cat, pa, la);
+        memcpy(cat + la, pb, lb);
+        /* In files built the usual way merge r created token 256 + r: check that before hashing. */
+        int32_t ic, guess = 256 + rank;
+        size_t lc = la + lb;
+        if (guess < t->n_ids && (size_t)t->tok[guess].len == lc && !t->is_added[guess] &&
+            memcmp(t->bytes + t->tok[guess].off, cat, lc) == 0)
+            ic = guess;
+        else
+            ic = vocab_find(t, cat, lc);
+        if (ia < 0 || ib < 0 || ic < 0)
+            return perr_set(err, "merge %d (\"%.*s\" \"%.*s\") refers to a token missing from the vocab", rank,
+                            (int)(la > 40 ? 40 : la), pa, (int)(lb > 40 ? 40 : lb), pb);
+        ids[k][0] = ia;
+        ids[k][1] = ib;
+        ids[k][2] = ic;
+        uint64_t key = (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib;
+        __builtin_prefetch(&t->merges[mix64(key) & t->merge_mask], 1);
+    }
+    for (size_t k = 0; k < mb->n; k++) {
+        uint64_t key = (uint64_t)(uint32_t)ids[k][0] << 32 | (uint32_t)ids[k][1];
+        size_t i = mix64(key) & t->merge_mask;
+        while (t->merges[i].key != EMPTY_KEY && t->merges[i].key != key)
+            i = (i + 1) & t->merge_mask;
+        /* A repeated pair keeps its later rank, as the Hugging Face loader does. */
+        t->merges[i].key = key;
+        t->merges[i].rank = mb->first_rank + (int32_t)k;
+        t->merges[i].id = ids[k][2];
+    }
+    mb->first_rank += (int32_t)mb->n;
+    mb->n = 0;
+    mb->bytes.len = 0;
     return 0;
 }
 
-static int parse_merges(tokenizer *t, jscan *s, perr *err)
+/* a and b are byte-level strings; stores their bytes and hashes, flushing when the batch is full. */
+static int batch_add(tokenizer *t, merge_batch *mb, const buf *a, const buf *b, buf *tmp, perr *err)
 {
-    /* Count elements first to size the table: a cheap pass over the span. */
-    jscan c = *s;
-    if (skip_value(&c, err) != 0)
-        return -1;
-    size_t approx = 0;
-    for (const char *p = s->p; p < c.p; p++)
-        approx += *p == '"';
-    size_t slots = pow2_at_least(approx + 16); /* approx counts quotes: >= 2 per merge, so load <= 0.5 */
+    size_t k = mb->n;
+    mb->m[k].off = (uint32_t)mb->bytes.len;
+    bytelevel_decode(a, tmp);
+    mb->m[k].la = (uint32_t)tmp->len;
+    mb->m[k].ha = hash_bytes(tmp->p, tmp->len);
+    if (buf_add(&mb->bytes, tmp->p, tmp->len) != 0)
+        return perr_set(err, "out of memory");
+    bytelevel_decode(b, tmp);
+    mb->m[k].lb = (uint32_t)tmp->len;
+    mb->m[k].hb = hash_bytes(tmp->p, tmp->len);
+    if (buf_add(&mb->bytes, tmp->p, tmp->len) != 0)
+        return perr_set(err, "out of memory");
+    __builtin_prefetch(&t->vocab_slots[mb->m[k].ha & t->vocab_mask]);
+    __builtin_prefetch(&t->vocab_slots[mb->m[k].hb & t->vocab_mask]);
+    if (++mb->n == MERGE_BATCH)
+        return batch_flush(t, mb, err);
+    return 0;
+}
+
+/* strings: how many JSON strings the merges value holds (one or two per merge). */
+static int parse_merges(tokenizer *t, jscan *s, size_t strings, perr *err)
+{
+    size_t slots = pow2_at_least(strings * 3 / 2 + 16); /* load <= 2/3 */
     t->merges = malloc(slots * sizeof *t->merges);
     if (!t->merges)
         return perr_set(err, "out of memory");
@@ -501,8 +614,9 @@ static int parse_merges(tokenizer *t, jscan *s, perr *err)
     t->merge_mask = slots - 1;
 
     buf a = {0}, b = {0}, tmp = {0};
+    merge_batch *mb = calloc(1, sizeof *mb);
     int rc = -1;
-    if (buf_reserve(&tmp, MAX_TOKEN_BYTES * 4 + 8) != 0) {
+    if (!mb || buf_reserve(&tmp, MAX_TOKEN_BYTES * 4 + 8) != 0) {
         perr_set(err, "out of memory");
         goto done;
     }
@@ -551,7 +665,7 @@ static int parse_merges(tokenizer *t, jscan *s, perr *err)
             perr_set(err, "merge %d: token too long", rank);
             goto done;
         }
-        if (add_merge(t, &a, &b, rank, &tmp, (size_t)rank, err) != 0)
+        if (batch_add(t, mb, &a, &b, &tmp, err) != 0)
             goto done;
         if (rank == INT32_MAX - 1) {
             perr_set(err, "too many merges");
@@ -567,8 +681,13 @@ static int parse_merges(tokenizer *t, jscan *s, perr *err)
             goto done;
         break;
     }
+    if (batch_flush(t, mb, err) != 0)
+        goto done;
     rc = 0;
 done:
+    if (mb)
+        free(mb->bytes.p);
+    free(mb);
     free(a.p);
     free(b.p);
     free(tmp.p);
@@ -649,7 +768,7 @@ static int check_model_field(const char *key, const cJSON *v, tokenizer *t, perr
 }
 
 static int parse_model(tokenizer *t, jscan *s, vocab_entry **vocab, size_t *n_vocab, jscan *merges_span,
-                       bool *have_type, perr *err)
+                       size_t *n_merge_strings, bool *have_type, perr *err)
 {
     buf key = {0};
     int rc = -1;
@@ -672,7 +791,7 @@ static int parse_model(tokenizer *t, jscan *s, vocab_entry **vocab, size_t *n_vo
             }
         } else if (key.len == 6 && memcmp(key.p, "merges", 6) == 0) {
             *merges_span = *s;
-            if (skip_value(s, err) != 0)
+            if (skip_value_counting(s, n_merge_strings, err) != 0)
                 goto done;
             merges_span->end = s->p;
         } else {
@@ -820,6 +939,11 @@ static int load_config(tokenizer *t, const char *path, perr *err)
                 perr_set(err, "%s: bad added_tokens_decoder entry", path);
                 goto done;
             }
+            bool known = false;
+            for (size_t k = 0; k < t->n_added && !known; k++)
+                known = t->added[k].id == (int32_t)id;
+            if (known)
+                continue; /* tokenizer.json already describes it */
             if (parse_added_token_object(t, e, (int32_t)id, err) != 0) {
                 perr_wrap(err, "%s", path);
                 goto done;
@@ -842,34 +966,43 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
         if (t->added[i].id > max_id)
             max_id = t->added[i].id;
     t->n_ids = max_id + 1;
-    t->tok_off = malloc((size_t)t->n_ids * sizeof *t->tok_off);
-    t->tok_len = malloc((size_t)t->n_ids * sizeof *t->tok_len);
+    t->tok = malloc((size_t)t->n_ids * sizeof *t->tok);
     t->is_added = calloc((size_t)t->n_ids, sizeof *t->is_added);
     t->is_added_special = calloc((size_t)t->n_ids, sizeof *t->is_added_special);
-    size_t slots = pow2_at_least(n * 2 + 16);
+    size_t slots = pow2_at_least(n * 3 / 2 + 16);
     t->vocab_slots = malloc(slots * sizeof *t->vocab_slots);
-    if (!t->tok_off || !t->tok_len || !t->is_added || !t->is_added_special || !t->vocab_slots)
+    if (!t->tok || !t->is_added || !t->is_added_special || !t->vocab_slots)
         return perr_set(err, "out of memory");
     t->vocab_mask = slots - 1;
     for (int32_t i = 0; i < t->n_ids; i++)
-        t->tok_len[i] = -1;
+        t->tok[i].len = -1;
     memset(t->vocab_slots, 0xff, slots * sizeof *t->vocab_slots);
+    uint64_t *hashes = malloc((n + 1) * sizeof *hashes);
+    if (!hashes)
+        return perr_set(err, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        hashes[i] = hash_bytes(t->bytes + v[i].off, v[i].len);
     for (size_t i = 0; i < n; i++) {
-        if (t->tok_len[v[i].id] >= 0)
+        if (i + 16 < n)
+            __builtin_prefetch(&t->vocab_slots[hashes[i + 16] & t->vocab_mask], 1);
+        if (t->tok[v[i].id].len >= 0) {
+            free(hashes);
             return perr_set(err, "vocab id %d appears twice", v[i].id);
-        t->tok_off[v[i].id] = v[i].off;
-        t->tok_len[v[i].id] = (int32_t)v[i].len;
-        size_t h = hash_bytes(t->bytes + v[i].off, v[i].len) & t->vocab_mask;
-        bool dup = false;
-        while (t->vocab_slots[h] >= 0) {
-            int32_t o = t->vocab_slots[h];
-            if ((uint32_t)t->tok_len[o] == v[i].len && memcmp(t->bytes + t->tok_off[o], t->bytes + v[i].off, v[i].len) == 0)
-                dup = true;
-            h = (h + 1) & t->vocab_mask;
         }
-        if (!dup)
-            t->vocab_slots[h] = v[i].id;
+        t->tok[v[i].id].off = v[i].off;
+        t->tok[v[i].id].len = (int32_t)v[i].len;
+        const char *tb = t->bytes + v[i].off;
+        if (vocab_find_hashed(t, tb, v[i].len, hashes[i]) >= 0)
+            continue; /* same bytes as an earlier token: the first one wins */
+        size_t h = hashes[i] & t->vocab_mask;
+        while (t->vocab_slots[h].id >= 0)
+            h = (h + 1) & t->vocab_mask;
+        struct vocab_slot *slot = &t->vocab_slots[h];
+        slot->id = v[i].id;
+        slot->len = v[i].len > 255 ? 255 : (uint8_t)v[i].len;
+        memcpy(slot->head, tb, v[i].len < 11 ? v[i].len : 11);
     }
+    free(hashes);
     for (int b = 0; b < 256; b++) {
         char c = (char)b;
         t->byte_id[b] = vocab_find(t, &c, 1);
@@ -882,8 +1015,8 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
         uint32_t off;
         if (store_bytes(t, a->content, a->len, &off) != 0)
             return perr_set(err, "out of memory");
-        t->tok_off[a->id] = off;
-        t->tok_len[a->id] = (int32_t)a->len;
+        t->tok[a->id].off = off;
+        t->tok[a->id].len = (int32_t)a->len;
         t->is_added[a->id] = true;
         t->is_added_special[a->id] = a->special;
         t->added_first[(unsigned char)a->content[0] >> 3] |= (unsigned char)(1u << (a->content[0] & 7));
@@ -893,11 +1026,8 @@ static int finish_tables(tokenizer *t, vocab_entry *v, size_t n, perr *err)
 
 int tokenizer_load_files(const char *json_path, const char *config_path, tokenizer **out, perr *err)
 {
-    static int map_ready;
-    if (!map_ready) {
-        init_byte_map();
-        map_ready = 1;
-    }
+    static pthread_once_t map_once = PTHREAD_ONCE_INIT;
+    pthread_once(&map_once, init_byte_map);
     *out = NULL;
     char *text;
     size_t len;
@@ -911,6 +1041,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
     vocab_entry *vocab = NULL;
     size_t n_vocab = 0;
     jscan merges = {0};
+    size_t n_merge_strings = 0;
     bool have_model = false, have_type = false, have_normalizer = false, have_pre = false, have_decoder = false;
     cJSON *added_json = NULL;
     buf key = {0};
@@ -929,7 +1060,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
         snprintf(name, sizeof name, "%.*s", (int)(key.len < 63 ? key.len : 63), key.p ? key.p : "");
         if (strcmp(name, "model") == 0) {
             have_model = true;
-            if (parse_model(t, &s, &vocab, &n_vocab, &merges, &have_type, err) != 0)
+            if (parse_model(t, &s, &vocab, &n_vocab, &merges, &n_merge_strings, &have_type, err) != 0)
                 goto fail;
             continue;
         }
@@ -946,6 +1077,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
         }
         int r = 0;
         if (strcmp(name, "added_tokens") == 0) {
+            cJSON_Delete(added_json); /* a repeated key: the last one counts */
             added_json = v;
             continue;
         } else if (strcmp(name, "normalizer") == 0) {
@@ -995,7 +1127,7 @@ int tokenizer_load_files(const char *json_path, const char *config_path, tokeniz
         goto fail;
     if (finish_tables(t, vocab, n_vocab, err) != 0)
         goto fail;
-    if (parse_merges(t, &merges, err) != 0) {
+    if (parse_merges(t, &merges, n_merge_strings, err) != 0) {
         perr_wrap(err, "model.merges");
         goto fail;
     }
@@ -1027,8 +1159,7 @@ void tokenizer_free(tokenizer *t)
 {
     if (!t)
         return;
-    free(t->tok_off);
-    free(t->tok_len);
+    free(t->tok);
     free(t->bytes);
     free(t->vocab_slots);
     free(t->merges);
@@ -1092,8 +1223,10 @@ typedef struct encoder {
     buf u8;
 } encoder;
 
+/* A candidate merge of the pair starting at node pos. A merge rank names exactly one pair, so an
+ * entry is current iff the node's pair still has that rank (kept in the per-node rank array). */
 typedef struct heap_entry {
-    int32_t rank, pos, left, right, id;
+    int32_t rank, pos;
 } heap_entry;
 
 static bool heap_less(const heap_entry *a, const heap_entry *b)
@@ -1226,40 +1359,54 @@ static int bpe_piece(encoder *e, const unsigned char *b, size_t len, ids_vec *ou
         e->heap = nh;
         e->heap_cap = len * 3;
     }
-    int32_t *prev = e->prev, *next = e->next;
+    int32_t *prev = e->prev, *next = e->next, *rank = e->rank, *res = e->res;
     heap_entry *h = e->heap;
     size_t hn = 0;
     for (size_t i = 0; i < len; i++) {
         prev[i] = (int32_t)i - 1;
         next[i] = i + 1 < len ? (int32_t)i + 1 : -1;
+        rank[i] = INT32_MAX;
     }
     for (size_t i = 0; i + 1 < len; i++) {
         const merge_slot *s = merge_find(t, sym[i], sym[i + 1]);
-        if (s)
-            heap_push(h, &hn, (heap_entry){s->rank, (int32_t)i, sym[i], sym[i + 1], s->id});
+        if (s) {
+            rank[i] = s->rank;
+            res[i] = s->id;
+            heap_push(h, &hn, (heap_entry){s->rank, (int32_t)i});
+        }
     }
     while (hn > 0) {
         heap_entry top = heap_pop(h, &hn);
-        int32_t p = top.pos, q = next[p];
-        if (sym[p] != top.left || q < 0 || sym[q] != top.right)
-            continue;
-        sym[p] = top.id;
+        int32_t p = top.pos;
+        if (sym[p] < 0 || rank[p] != top.rank)
+            continue; /* stale */
+        int32_t q = next[p];
+        sym[p] = res[p];
         sym[q] = -1;
+        rank[q] = INT32_MAX;
         next[p] = next[q];
         if (next[q] >= 0)
             prev[next[q]] = p;
         /* Each merge removes one symbol and adds at most two entries; the heap never outgrows 3*len. */
         if (hn + 2 > e->heap_cap)
             return -1;
-        if (prev[p] >= 0) {
-            const merge_slot *s = merge_find(t, sym[prev[p]], sym[p]);
-            if (s)
-                heap_push(h, &hn, (heap_entry){s->rank, prev[p], sym[prev[p]], sym[p], s->id});
-        }
+        rank[p] = INT32_MAX;
         if (next[p] >= 0) {
             const merge_slot *s = merge_find(t, sym[p], sym[next[p]]);
-            if (s)
-                heap_push(h, &hn, (heap_entry){s->rank, p, sym[p], sym[next[p]], s->id});
+            if (s) {
+                rank[p] = s->rank;
+                res[p] = s->id;
+                heap_push(h, &hn, (heap_entry){s->rank, p});
+            }
+        }
+        if (prev[p] >= 0) {
+            int32_t pp = prev[p];
+            const merge_slot *s = merge_find(t, sym[pp], sym[p]);
+            rank[pp] = s ? s->rank : INT32_MAX;
+            if (s) {
+                res[pp] = s->id;
+                heap_push(h, &hn, (heap_entry){s->rank, pp});
+            }
         }
     }
     for (int32_t i = 0; i >= 0; i = next[i])
@@ -1292,7 +1439,7 @@ static int cache_grow(encoder *e)
 
 static int encode_piece(encoder *e, const unsigned char *b, size_t len, ids_vec *out)
 {
-    if (len == 1 || len > CACHE_MAX_KEY)
+    if (len == 1 || len > CACHE_MAX_KEY || !tokenizer_cache_enabled)
         return bpe_piece(e, b, len, out);
     uint64_t h = hash_bytes(b, len);
     if (e->slots) {
@@ -1405,8 +1552,9 @@ static int encode_segment(encoder *e, const unsigned char *s, size_t len, ids_ve
         e->off[n] = (uint32_t)e->u8.len;
         bytes = (const unsigned char *)e->u8.p;
     }
+    const unsigned char *latin1 = uni_latin1_classes();
     for (size_t i = 0; i < n; i++)
-        e->cls[i] = (unsigned char)uni_class(cps[i]);
+        e->cls[i] = cps[i] < 256 ? latin1[cps[i]] : (unsigned char)uni_class(cps[i]);
     for (size_t i = 0; i < n;) {
         size_t j = pretok_piece_end(cps, e->cls, n, i);
         if (encode_piece(e, bytes + e->off[i], e->off[j] - e->off[i], out) != 0)
@@ -1525,7 +1673,7 @@ static int append_sanitized(buf *out, const unsigned char *s, size_t len)
 
 static bool id_valid(const tokenizer *t, int32_t id)
 {
-    return id >= 0 && id < t->n_ids && t->tok_len[id] >= 0;
+    return id >= 0 && id < t->n_ids && t->tok[id].len >= 0;
 }
 
 int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip_special, char **out,
@@ -1542,7 +1690,7 @@ int tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, bool skip
         }
         if (skip_special && t->is_added_special[id])
             continue;
-        if (buf_add(&raw, t->bytes + t->tok_off[id], (size_t)t->tok_len[id]) != 0) {
+        if (buf_add(&raw, t->bytes + t->tok[id].off, (size_t)t->tok[id].len) != 0) {
             free(raw.p);
             return perr_set(err, "out of memory");
         }
@@ -1623,7 +1771,7 @@ int detokenizer_push(detokenizer *d, int32_t id, char **out, size_t *len)
     if (!id_valid(t, id))
         return -1;
     if (!(d->skip_special && t->is_added_special[id]) &&
-        buf_add(&d->pending, t->bytes + t->tok_off[id], (size_t)t->tok_len[id]) != 0)
+        buf_add(&d->pending, t->bytes + t->tok[id].off, (size_t)t->tok[id].len) != 0)
         return -1;
     size_t upto = utf8_complete_prefix((const unsigned char *)d->pending.p, d->pending.len);
     return emit(d, upto, out, len);

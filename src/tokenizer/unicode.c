@@ -2,6 +2,7 @@
  * (decomposition, canonical ordering, canonical composition; Hangul by formula). */
 #include "tokenizer/unicode.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,9 +21,9 @@ static bool in_ranges(const uint32_t (*r)[2], size_t n, uint32_t cp)
     return false;
 }
 
-/* Classes of the first 256 code points, filled on first use (idempotent, so racing threads agree). */
+/* Classes of the first 256 code points, filled once. */
 static unsigned char latin1_class[256];
-static volatile int latin1_ready;
+static pthread_once_t latin1_once = PTHREAD_ONCE_INIT;
 
 static unsigned class_slow(uint32_t cp)
 {
@@ -40,14 +41,22 @@ static unsigned class_slow(uint32_t cp)
     return c;
 }
 
+static void init_latin1(void)
+{
+    for (uint32_t i = 0; i < 256; i++)
+        latin1_class[i] = (unsigned char)class_slow(i);
+}
+
+const unsigned char *uni_latin1_classes(void)
+{
+    pthread_once(&latin1_once, init_latin1);
+    return latin1_class;
+}
+
 unsigned uni_class(uint32_t cp)
 {
     if (cp < 256) {
-        if (!latin1_ready) {
-            for (uint32_t i = 0; i < 256; i++)
-                latin1_class[i] = (unsigned char)class_slow(i);
-            latin1_ready = 1;
-        }
+        pthread_once(&latin1_once, init_latin1);
         return latin1_class[cp];
     }
     return class_slow(cp);

@@ -34,6 +34,8 @@ enum {
 };
 
 unsigned uni_class(uint32_t cp);
+/* uni_class() of code points 0..255, as a table (for hot loops). */
+const unsigned char *uni_latin1_classes(void);
 int uni_combining_class(uint32_t cp);
 
 /* Decodes one code point from s (len > 0). Invalid or truncated input yields U+FFFD and consumes the

@@ -183,10 +183,10 @@ static void check_case(const char *isa, const test_weight *tw, const float *x, i
 
 static void test_matmul(void)
 {
-    static const char *const isas[] = {"scalar", "avx2", "avx512", "avx512vnni"};
+    static const char *const isas[] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
     static const int group_sizes[] = {32, 64, 128};
     static const enum float_dtype dts[] = {DT_F16, DT_BF16, DT_F32};
-    int ran[4] = {0};
+    int ran[5] = {0};
     for (int bi = 0; bi < 2; bi++)
         for (int gi = 0; gi < 3; gi++)
             for (int di = 0; di < 3; di++)
@@ -210,7 +210,7 @@ static void test_matmul(void)
                     make_weight(&tw, rows, cols, bits, G, dts[di]);
                     float *x = malloc(sizeof(float) * (size_t)n_tok * cols);
                     make_x(x, n_tok, cols, G);
-                    for (int k = 0; k < 4; k++) {
+                    for (int k = 0; k < 5; k++) {
                         if (kernels_select_isa(isas[k]) != 0)
                             continue;
                         ran[k]++;
@@ -226,13 +226,26 @@ static void test_matmul(void)
         make_weight(&tw, rows, cols, bits, 64, DT_F16);
         float *x = malloc(sizeof(float) * (size_t)n_tok * cols);
         make_x(x, n_tok, cols, 64);
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < 5; k++)
             if (kernels_select_isa(isas[k]) == 0)
                 check_case(isas[k], &tw, x, n_tok, 1, rows, rows);
         free(x);
         free_weight(&tw);
     }
-    for (int k = 0; k < 4; k++)
+    /* More tokens than one kernel call takes at once (the dispatcher slices long batches). */
+    {
+        test_weight tw;
+        int cols = 256, n_tok = 301, rows = 9;
+        make_weight(&tw, rows, cols, 4, 32, DT_BF16);
+        float *x = malloc(sizeof(float) * (size_t)n_tok * cols);
+        make_x(x, n_tok, cols, 32);
+        for (int k = 0; k < 5; k++)
+            if (kernels_select_isa(isas[k]) == 0)
+                check_case(isas[k], &tw, x, n_tok, 2, rows, rows + 1);
+        free(x);
+        free_weight(&tw);
+    }
+    for (int k = 0; k < 5; k++)
         printf("%-10s %s (%d cases)\n", isas[k], ran[k] ? "checked" : "not supported here", ran[k]);
     CHECK(ran[0] > 0, "scalar path must always exist");
 }

@@ -405,6 +405,54 @@ static void test_heap_bpe(const tokenizer *t)
     tokenizer_bpe_heap_min = saved;
 }
 
+/* Random text built from awkward fragments: encode never fails, and for text that is valid UTF-8 and
+ * already NFC, decode(encode(s)) == s. Invalid bytes come back as U+FFFD. */
+static void test_random(const tokenizer *t)
+{
+    static const char *clean[] = {"<|im_", "end|>", "<|im_end|>", "<|im_start|>", "<tool_call>", "<", "|", " ",
+                                  "  ", "\n", "\r\n", "\t", "a", "Z", "1", "'s", "'LL", "'", "\xC2\xA0",
+                                  "\xE3\x80\x80", "\xC3\xA9", "\xE4\xB8\x96", "\xF0\x9F\xA4\x97", "\xC2\xBD",
+                                  "()", "==", "x_y", "\xEA\xB0\x80", "\xE2\x80\xA8", "\xC5\xBF"};
+    static const char *dirty[] = {"\xE4", "\xB8", "\xFF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\xC0\xAF"};
+    unsigned seed = 12345;
+    char text[512];
+    for (int iter = 0; iter < 3000; iter++) {
+        size_t len = 0;
+        bool is_clean = iter % 3 != 0;
+        int parts = (int)((seed = seed * 1103515245u + 12345u) >> 16) % 24;
+        for (int k = 0; k < parts; k++) {
+            seed = seed * 1103515245u + 12345u;
+            unsigned r = seed >> 16;
+            const char *f = (!is_clean && r % 5 == 0) ? dirty[r / 5 % 6] : clean[r % (sizeof clean / sizeof *clean)];
+            size_t fl = strlen(f);
+            if (len + fl >= sizeof text)
+                break;
+            memcpy(text + len, f, fl);
+            len += fl;
+        }
+        tokenizer_bpe_heap_min = iter % 2 ? 2 : 64;
+        int32_t *ids;
+        size_t n;
+        perr err;
+        CHECK(tokenizer_encode(t, text, len, &ids, &n, &err) == 0, "random encode failed");
+        char *back;
+        size_t blen;
+        CHECK(tokenizer_decode(t, ids, n, false, &back, &blen, &err) == 0, "random decode failed");
+        if (is_clean)
+            CHECK(blen == len && memcmp(back, text, len) == 0, "random round trip %d differs", iter);
+        else
+            for (size_t k = 0; k < blen;) {
+                uint32_t cp;
+                size_t step = utf8_decode((unsigned char *)back + k, blen - k, &cp);
+                CHECK(!(cp == 0xFFFD && step != 3), "decode produced invalid UTF-8");
+                k += step;
+            }
+        free(back);
+        free(ids);
+    }
+    tokenizer_bpe_heap_min = 64;
+}
+
 static void write_json(const char *dir, const char *name, const cJSON *j)
 {
     char path[8192];
@@ -594,6 +642,7 @@ int main(void)
     test_streaming(t);
     test_nfc(t);
     test_heap_bpe(t);
+    test_random(t);
     test_variants(t);
     tokenizer_free(t);
     rmdir(tmp_dir);
