@@ -59,6 +59,11 @@ def seeds_safetensors(shared, out):
         n = struct.unpack("<Q", f.read(8))[0]
         header = f.read(n)
     write(out, t, "real_header_truncated", struct.pack("<Q", n) + header + bytes(64))
+    # The sharded form: an index naming the one shard, then the shard.
+    index = {"metadata": {"total_size": 128}, "weight_map": {name: "model-00001-of-00001.safetensors"
+                                                             for name, _, _, _ in q[:3]}}
+    write(out, t, "index_and_shard", json.dumps(index).encode() + SEP + safetensors(q[:3], {"format": "mlx"}))
+    write(out, t, "index_escape", json.dumps({"weight_map": {"a": "../model.safetensors"}}).encode() + SEP)
 
 
 def seeds_config(shared, out):
