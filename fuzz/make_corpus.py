@@ -135,6 +135,7 @@ def seeds_chat(shared, out):
              "{{ raise_exception('x') if false }}{{ 'x' if true else 'y' }}{{ m.tool_calls is defined }}"]
     for name, body in inputs:
         write(out, "fuzz_chat_template", name, template.encode() + SEP + body)
+        write(out, "fuzz_chat_messages", name, body)
     for i, tpl in enumerate(small):
         write(out, "fuzz_chat_template", "small%d" % i, tpl.encode() + SEP + inputs[0][1])
     # Request bodies of the chat API.
