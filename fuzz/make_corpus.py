@@ -142,15 +142,21 @@ def seeds_chat(shared, out):
     rdir = os.path.join(shared, "fixtures/reference/tiny-random-qwen2-4bit")
     for name in sorted(os.listdir(rdir)):
         if name.endswith(".request.json"):
-            write(out, "fuzz_chat_request", name[:-13], open(os.path.join(rdir, name), "rb").read())
+            write(out, "fuzz_chat_request", name[:-13], b"\x00" + open(os.path.join(rdir, name), "rb").read())
     for name, body in inputs:
         req = json.loads(body)
         req.update(model="local", max_tokens=16, temperature=0.7, top_p=0.9, stream=name.startswith("0"),
                    stop=["\n\n", "<|im_end|>"], seed=7)
         req.pop("add_generation_prompt", None)
-        write(out, "fuzz_chat_request", name, jdump(req))
-    write(out, "fuzz_chat_request", "completion", jdump({"prompt": "def f(", "max_tokens": 8, "stream": True,
-                                                         "stream_options": {"include_usage": True}}))
+        write(out, "fuzz_chat_request", name, b"\x00" + jdump(req).encode())
+    write(out, "fuzz_chat_request", "completion", b"\x01" + jdump(
+        {"prompt": "def f(", "max_tokens": 8, "stream": True, "stream_options": {"include_usage": True},
+         "logprobs": True, "top_logprobs": 5, "seed": 18446744073709551615, "stop": "\n"}).encode())
+    write(out, "fuzz_chat_request", "fields", b"\x00" + jdump(
+        {"messages": [{"role": "system", "content": None}, {"role": "user", "content": [{"type": "text",
+         "text": "a"}]}], "max_completion_tokens": 1e300, "temperature": -1, "top_p": 2, "top_k": -5,
+         "min_p": 0.5, "repetition_penalty": 0, "repetition_context_size": 1e9, "presence_penalty": 1e308,
+         "frequency_penalty": -2, "tool_choice": "none", "tools": [], "logit_bias": {"5": 3}}).encode())
 
 
 def seeds_hub(shared, out):
