@@ -5,7 +5,11 @@
 #include "kernels/qmatmul.h"
 #include "kernels/qmatmul_internal.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <pthread.h>
+#include <stdbool.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -35,13 +39,25 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int isa_best;    /* best supported by this CPU */
 static int isa_current; /* in use */
 
+#if defined(__x86_64__) || defined(__i386__)
+/* clang 14 rejects __builtin_cpu_supports("f16c"), ("amx-tile") and ("amx-int8"): read those CPUID bits
+ * directly (leaf 1 ECX for F16C, leaf 7 EDX for AMX). The OS-state checks are covered by the avx2 test
+ * and, for AMX, by the arch_prctl request below. */
+static bool cpuid_bit(unsigned leaf, bool edx, unsigned bit)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(leaf, 0, &a, &b, &c, &d))
+        return false;
+    return ((edx ? d : c) >> bit) & 1u;
+}
+#endif
+
 static int cpu_level(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     /* __builtin_cpu_supports also checks that the OS saves the vector state (XGETBV). */
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-          __builtin_cpu_supports("f16c")))
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpuid_bit(1, false, 29)))
         return ISA_SCALAR;
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
@@ -49,7 +65,7 @@ static int cpu_level(void)
     if (!__builtin_cpu_supports("avx512vnni"))
         return ISA_AVX512;
 #if defined(__x86_64__) && defined(SYS_arch_prctl)
-    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8")) {
+    if (cpuid_bit(7, true, 24) && cpuid_bit(7, true, 25)) {
         /* Linux hands out the large AMX register state only on request (ARCH_REQ_XCOMP_PERM for
          * XFEATURE_XTILEDATA); the permission covers every thread of the process. */
         if (syscall(SYS_arch_prctl, 0x1023, 18) == 0)

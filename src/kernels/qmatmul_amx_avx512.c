@@ -6,11 +6,18 @@
  * tokens; the activations are laid out once per call as B operands (16 tokens x 4 bytes per tile row).
  * Per group, 2x2 tiles give a 32-row x 32-token block of int32 results that is scaled into float
  * accumulators. */
+#ifndef __clang__
 #pragma GCC target("amx-tile,amx-int8")
+#endif
 
 #include "kernels/qmatmul_quant.h"
 
 #include <immintrin.h>
+
+#ifdef __clang__
+/* clang ignores #pragma GCC target; it takes the same features this way (popped at the end of the file). */
+#pragma clang attribute push(__attribute__((target("amx-tile,amx-int8"))), apply_to = function)
+#endif
 
 #define PR 32 /* weight rows per panel */
 
@@ -253,3 +260,7 @@ void qmatmul_amx_prepared(const qweight *w, const amx_prep *ap, int n_tok, float
     }
     _tile_release();
 }
+
+#ifdef __clang__
+#pragma clang attribute pop
+#endif
