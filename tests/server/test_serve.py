@@ -317,28 +317,37 @@ class Api(unittest.TestCase):
         self.assertEqual(st, 200)
         self.assertLessEqual(body["usage"]["completion_tokens"], 2)
 
-    def test_reference_greedy_tokens(self):
+    def greedy_request(self, **kw):
         with open(os.path.join(REF, "chat-short.request.json")) as f:
             req = json.load(f)
+        body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1, "max_tokens": 48}
+        body.update(kw)
+        return body
+
+    def test_reference_greedy_tokens(self):
         with open(os.path.join(REF, "chat-short.json")) as f:
             ref = json.load(f)
         want_ids = ref["greedy_masked"]
         want_text = decode(want_ids)
-        body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1, "max_tokens": len(want_ids),
-                "logprobs": True}
-        st, out = self.srv.json("POST", "/v1/chat/completions", body)
+        st, out = self.srv.json("POST", "/v1/chat/completions", self.greedy_request(max_tokens=len(want_ids),
+                                                                                      logprobs=True))
         self.assertEqual(st, 200, out)
         self.assertEqual(out["usage"]["prompt_tokens"], len(ref["prompt_ids"]))
-        self.assertEqual(out["usage"]["completion_tokens"], len(want_ids))
-        self.assertEqual(out["choices"][0]["finish_reason"], "length")
-        self.assertEqual(out["choices"][0]["message"]["content"], want_text)
+        content = out["choices"][0]["message"]["content"]
+        if content == want_text:
+            self.assertEqual(out["usage"]["completion_tokens"], len(want_ids))
+            self.assertEqual(out["choices"][0]["finish_reason"], "length")
+        else:
+            # An engine with quantized activations may take another path where the reference's top two
+            # logits are closer than its tolerance (fixtures README): up to there the text must match.
+            k = next((i for i, m in enumerate(ref["greedy_masked_margins"]) if m < 0.05), len(want_ids))
+            prefix = decode(want_ids[:k]).rstrip("\ufffd")
+            self.assertTrue(content.startswith(prefix), f"{content!r} does not start with {prefix!r}")
         lp = out["choices"][0]["logprobs"]["content"]
-        self.assertEqual(len(lp), len(want_ids))
+        self.assertEqual(len(lp), out["usage"]["completion_tokens"])
         self.assertTrue(all(e["logprob"] <= 0 for e in lp))
         # The same through a stream, as a client assembles it.
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-        del body["logprobs"]
+        body = self.greedy_request(max_tokens=len(want_ids), stream=True, stream_options={"include_usage": True})
         st, hdrs, events = self.srv.stream("/v1/chat/completions", body)
         self.assertEqual(st, 200)
         self.assertTrue(hdrs["Content-Type"].startswith("text/event-stream"))
@@ -347,39 +356,39 @@ class Api(unittest.TestCase):
         self.assertTrue(all(c["object"] == "chat.completion.chunk" for c in chunks))
         self.assertEqual(chunks[0]["choices"][0]["delta"]["role"], "assistant")
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-        self.assertEqual(text, want_text)
+        self.assertEqual(text, content)
         finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
-        self.assertEqual(finals, ["length"])
+        self.assertEqual(finals, [out["choices"][0]["finish_reason"]])
         usage = chunks[-1]
         self.assertEqual(usage["choices"], [])
-        self.assertEqual(usage["usage"]["completion_tokens"], len(want_ids))
-        # Completions: raw prompt, no template; the reference prompt text gives the same tokens.
+        self.assertEqual(usage["usage"]["completion_tokens"], out["usage"]["completion_tokens"])
+        # Completions: raw prompt, no template; the reference prompt text gives the same tokens and reply.
         with open(os.path.join(REF, "chat-short.prompt.txt")) as f:
             prompt = f.read()
-        st, out = self.srv.json("POST", "/v1/completions", {"prompt": prompt, "temperature": 0, "repetition_penalty": 1,
-                                                            "max_tokens": len(want_ids)})
-        self.assertEqual(st, 200, out)
-        self.assertEqual(out["object"], "text_completion")
-        self.assertEqual(out["usage"]["prompt_tokens"], len(ref["prompt_ids"]))
-        self.assertEqual(out["choices"][0]["text"], want_text)
+        st, comp = self.srv.json("POST", "/v1/completions", {"prompt": prompt, "temperature": 0,
+                                                             "repetition_penalty": 1, "max_tokens": len(want_ids)})
+        self.assertEqual(st, 200, comp)
+        self.assertEqual(comp["object"], "text_completion")
+        self.assertEqual(comp["usage"]["prompt_tokens"], len(ref["prompt_ids"]))
+        self.assertEqual(comp["choices"][0]["text"], content)
+        st, _, events = self.srv.stream("/v1/completions", {"prompt": prompt, "temperature": 0, "stream": True,
+                                                            "repetition_penalty": 1, "max_tokens": len(want_ids)})
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertTrue(all(c["object"] == "text_completion" for c in events[:-1]))
+        self.assertEqual("".join(c["choices"][0]["text"] for c in events[:-1]), content)
 
     def test_stop_string_is_stripped(self):
-        with open(os.path.join(REF, "chat-short.request.json")) as f:
-            req = json.load(f)
-        with open(os.path.join(REF, "chat-short.json")) as f:
-            ref = json.load(f)
-        full = decode(ref["greedy_masked"])
+        st, out = self.srv.json("POST", "/v1/chat/completions", self.greedy_request())
+        full = out["choices"][0]["message"]["content"]
         # A stop string taken from the middle of the known reply.
         cut = len(full) // 2
         stop = full[cut:cut + 3]
         want = full[:full.index(stop)]
-        body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1, "max_tokens": 48, "stop": stop}
-        st, out = self.srv.json("POST", "/v1/chat/completions", body)
+        st, out = self.srv.json("POST", "/v1/chat/completions", self.greedy_request(stop=["never-seen", stop]))
         self.assertEqual(st, 200)
         self.assertEqual(out["choices"][0]["message"]["content"], want)
         self.assertEqual(out["choices"][0]["finish_reason"], "stop")
-        body["stream"] = True
-        st, _, events = self.srv.stream("/v1/chat/completions", body)
+        st, _, events = self.srv.stream("/v1/chat/completions", self.greedy_request(stop=stop, stream=True))
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1] if c["choices"])
         self.assertEqual(text, want)
 
