@@ -209,9 +209,8 @@ static void swiglu_worker(void *arg, int t, int nt)
 int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
 {
     const model_config *cfg = &m->cfg;
+    /* n_ctx <= 0 means the model's full context */
     if (n_ctx <= 0 || n_ctx > cfg->max_position_embeddings)
-        n_ctx = n_ctx <= 0 ? cfg->max_position_embeddings : n_ctx;
-    if (n_ctx > cfg->max_position_embeddings)
         n_ctx = cfg->max_position_embeddings;
     model_ctx *c = calloc(1, sizeof *c);
     if (!c)
