@@ -14,7 +14,8 @@ Faults (--fault SPEC, repeatable, or POST /_faults with one SPEC per line to rep
   corrupt:GLOB[:TIMES]             serve content with one byte changed
   slow:GLOB:BYTES_PER_SEC          throttle bodies
   ignore-range:GLOB                answer Range requests with 200 and the whole file
-  status:CODE:URLGLOB[:TIMES[:RETRY_AFTER]]  answer requests whose URL path matches with CODE
+  status:CODE:URLGLOB[:TIMES[:RETRY_AFTER]]  answer requests whose URL path (or "METHOD path") matches
+                                   with CODE
   ratelimit:URLGLOB:TIMES:SECONDS  429 with a RateLimit header (t=SECONDS)
   redirect-loop:GLOB               resolve URLs of matching files redirect to themselves
   evil-path:PATH                   add PATH (e.g. ../../x.json) to the tree listing
@@ -213,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send(code, json.dumps({"error": message}), headers)
 
     def status_fault(self, path):
-        f = self.hub.take("status", path)
+        f = self.hub.take("status", path) or self.hub.take("status", self.command + " " + path)
         if f:
             extra = [("Retry-After", f.retry_after)] if f.retry_after else []
             self.send(f.code, json.dumps({"error": "injected %d" % f.code}), extra)

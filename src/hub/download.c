@@ -694,11 +694,16 @@ static int open_incomplete(dl *d, dfile *f, perr *err)
     if (!load_sidecar(f)) {
         if (!plan_chunks(f))
             return perr_set(err, "out of memory");
-        /* An .incomplete without our sidecar comes from an append-only downloader: keep its prefix. */
-        if (f->nchunks == 1 && st.st_size > 0 && st.st_size <= f->size)
-            f->chunks[0].done = st.st_size;
-        else if (st.st_size > 0 && ftruncate(f->fd, 0) != 0)
+        /* An .incomplete without our sidecar comes from an append-only downloader (huggingface_hub before
+         * 1.18 used the same name): keep its prefix. The final hash check covers a wrong guess. */
+        if (st.st_size > 0 && st.st_size <= f->size) {
+            for (int i = 0; i < f->nchunks; i++) {
+                long long have = st.st_size - f->chunks[i].start, len = f->chunks[i].end - f->chunks[i].start;
+                f->chunks[i].done = have <= 0 ? 0 : have < len ? have : len;
+            }
+        } else if (st.st_size > 0 && ftruncate(f->fd, 0) != 0) {
             return perr_errno(err, "cannot reset %s", f->incomplete);
+        }
     }
     pthread_mutex_lock(&f->mu);
     save_sidecar(f);

@@ -409,6 +409,25 @@ class Interruptions(HubTest):
         self.assert_complete_and_identical()
         self.assert_ok(self.punie("verify", REPO, "--models-dir", self.models))
 
+    def test_resumes_a_foreign_partial_file(self):
+        # huggingface_hub (before 1.18) leaves blobs/<etag>.incomplete holding a prefix of the content.
+        with open(os.path.join(FIXTURE, WEIGHTS), "rb") as f:
+            data = f.read()
+        blobs = os.path.join(self.repo_dir(), "blobs")
+        os.makedirs(blobs)
+        prefix = 40_000_000
+        with open(os.path.join(blobs, hashlib.sha256(data).hexdigest() + ".incomplete"), "wb") as f:
+            f.write(data[:prefix])
+        self.assert_ok(self.download())
+        gets = [e for e in self.hub.log() if e["listener"] == "cdn" and e["method"] == "GET"]
+        self.assertEqual([e["range"] for e in gets], ["bytes=%d-%d" % (prefix, len(data) - 1)])
+        self.assert_complete_and_identical()
+
+    def test_expired_cdn_link_is_refreshed(self):
+        self.hub.set_faults("status:403:GET /cdn/*:1")
+        self.assert_ok(self.download())
+        self.assert_complete_and_identical()
+
     def test_concurrent_downloads_of_the_same_model(self):
         self.hub.set_faults("slow:%s:30000000" % WEIGHTS)
         cmd = [BIN, "download-model", REPO, "--models-dir", self.models, "--quiet"]
