@@ -62,10 +62,51 @@ static inline unsigned quant_at(const uint8_t *row, int bits, int j)
     return (j & 1) ? (byte >> 4) : (byte & 0xf);
 }
 
+/* Dot product of one group with x and the plain sum of x over it. Four partial sums keep the
+ * dependency chains short (the order is fixed, so results are deterministic). */
+static inline void group_dot4(const uint8_t *row, const float *x, int j0, int G, float *dot, float *sum)
+{
+    float d0 = 0, d1 = 0, d2 = 0, d3 = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const uint8_t *p = row + (j0 >> 1);
+    for (int j = 0; j < G; j += 4, p += 2) {
+        const float x0 = x[j], x1 = x[j + 1], x2 = x[j + 2], x3 = x[j + 3];
+        d0 += x0 * (float)(p[0] & 0xf);
+        d1 += x1 * (float)(p[0] >> 4);
+        d2 += x2 * (float)(p[1] & 0xf);
+        d3 += x3 * (float)(p[1] >> 4);
+        s0 += x0;
+        s1 += x1;
+        s2 += x2;
+        s3 += x3;
+    }
+    *dot = (d0 + d1) + (d2 + d3);
+    *sum = (s0 + s1) + (s2 + s3);
+}
+
+static inline void group_dot8(const uint8_t *row, const float *x, int j0, int G, float *dot, float *sum)
+{
+    float d0 = 0, d1 = 0, d2 = 0, d3 = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const uint8_t *p = row + j0;
+    for (int j = 0; j < G; j += 4) {
+        const float x0 = x[j], x1 = x[j + 1], x2 = x[j + 2], x3 = x[j + 3];
+        d0 += x0 * (float)p[j];
+        d1 += x1 * (float)p[j + 1];
+        d2 += x2 * (float)p[j + 2];
+        d3 += x3 * (float)p[j + 3];
+        s0 += x0;
+        s1 += x1;
+        s2 += x2;
+        s3 += x3;
+    }
+    *dot = (d0 + d1) + (d2 + d3);
+    *sum = (s0 + s1) + (s2 + s3);
+}
+
 void qmatmul_scalar(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
-    const int groups = w->cols / w->group_size;
+    const int G = w->group_size, groups = w->cols / G;
     const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    const int fast = (w->bits == 4 || w->bits == 8) && G % 4 == 0;
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = w->packed + (size_t)r * row_bytes;
         for (int t = 0; t < n_tok; t++) {
@@ -75,9 +116,16 @@ void qmatmul_scalar(const qweight *w, const float *x, int n_tok, float *y, int l
                 float s = load_float(w->scales, w->sdtype, (size_t)r * groups + g);
                 float b = load_float(w->biases, w->sdtype, (size_t)r * groups + g);
                 float dot = 0.0f, sum = 0.0f;
-                for (int j = g * w->group_size; j < (g + 1) * w->group_size; j++) {
-                    dot += xt[j] * (float)quant_at(row, w->bits, j);
-                    sum += xt[j];
+                const int j0 = g * G;
+                if (fast && w->bits == 4) {
+                    group_dot4(row, xt + j0, j0, G, &dot, &sum);
+                } else if (fast) {
+                    group_dot8(row, xt + j0, j0, G, &dot, &sum);
+                } else {
+                    for (int j = j0; j < j0 + G; j++) {
+                        dot += xt[j] * (float)quant_at(row, w->bits, j);
+                        sum += xt[j];
+                    }
                 }
                 acc += s * dot + b * sum;
             }

@@ -1,0 +1,233 @@
+/* AVX2 quantized matmul (with FMA and F16C).
+ *
+ * Same scheme as the AVX-512 kernel (see qmatmul_avx512.c) on 32-byte chunks: activations quantized
+ * per group to int8, weights unpacked to unsigned bytes once per tile, products with maddubs (u8 x s8
+ * to int16 pairs; 4-bit values keep it far from saturation) and madd to int32 lanes, then a lane-wise
+ * float scale. 8-bit weights are split into nibbles so maddubs cannot saturate. */
+#include "kernels/qmatmul_quant.h"
+
+#include <immintrin.h>
+
+#define CB 32
+#define NR 2
+
+typedef struct tile_ctx {
+    const qx_prep *p;
+    const uint8_t *wrow[NR];
+    const float *rs[NR];
+    const float *rb[NR];
+    __m256i gidx;
+    int gshift;
+} tile_ctx;
+
+static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
+                        int padded)
+{
+    int i = 0;
+    if (dt == DT_F16) {
+        const uint8_t *s = src + i0 * 2;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + (size_t)i * 2))));
+    } else if (dt == DT_BF16) {
+        const uint8_t *s = src + i0 * 2;
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + (size_t)i * 2)));
+            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+    } else {
+        const uint8_t *s = src + i0 * 4;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_loadu_ps((const float *)(s + (size_t)i * 4)));
+    }
+    if (i < n) {
+        /* the last partial vector goes through a zeroed copy: never read past the tensor */
+        const size_t esz = dt == DT_F32 ? 4 : 2;
+        _Alignas(64) uint8_t tmp[8 * 4] = {0};
+        memcpy(tmp, src + (i0 + (size_t)i) * esz, (size_t)(n - i) * esz);
+        convert_row(tmp, dt, 0, 8, dst + i, 8);
+        i += 8;
+    }
+    for (; i < padded; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
+}
+
+static inline __attribute__((always_inline)) __m256i dot_chunk(__m256i lo, __m256i hi, __m256i ql,
+                                                               __m256i qh, int bits)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (bits == 4) {
+        __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ql), _mm256_maddubs_epi16(hi, qh));
+        return _mm256_madd_epi16(p, ones);
+    }
+    const __m256i sixteen = _mm256_set1_epi16(16);
+    return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, ql), ones),
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ql), sixteen));
+}
+
+static inline __attribute__((always_inline)) void
+chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, const int bits,
+           const int tail)
+{
+    const qx_prep *p = k->p;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    __m256i lo[NR], hi[NR];
+    __m256 sv[NR];
+    const int fg = (c * p->epc) >> k->gshift;
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++) {
+        const uint8_t *src = k->wrow[i] + (size_t)c * CB;
+        __m256i v;
+        if (tail) {
+            uint8_t buf[CB] = {0};
+            memcpy(buf, src, (size_t)p->tail_bytes);
+            v = _mm256_loadu_si256((const __m256i *)buf);
+        } else {
+            v = _mm256_loadu_si256((const __m256i *)src);
+        }
+        lo[i] = _mm256_and_si256(v, m4);
+        hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        sv[i] = _mm256_permutevar8x32_ps(_mm256_loadu_ps(k->rs[i] + fg), k->gidx);
+    }
+    const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; j++) {
+        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * qchunk;
+        __m256i ql = _mm256_loadu_si256((const __m256i *)q);
+        __m256i qh = bits == 4 ? _mm256_loadu_si256((const __m256i *)(q + CB)) : ql;
+        __m256 d = _mm256_loadu_ps(p->dxl + (size_t)(t0 + j) * p->dstride + (size_t)c * 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; i++) {
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot_chunk(lo[i], hi[i], ql, qh, bits)), d);
+            acc[i][j] = _mm256_fmadd_ps(f, sv[i], acc[i][j]);
+        }
+    }
+}
+
+static inline float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0, int nr, float *y,
+                                                       int ldy, int r, const int NT, const int bits)
+{
+    const qx_prep *p = k->p;
+    __m256 acc[NR][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++)
+            acc[i][j] = _mm256_setzero_ps();
+    const int full = p->tail_bytes == CB ? p->nchunks : p->nchunks - 1;
+    for (int c = 0; c < full; c++)
+        chunk_step(k, c, t0, acc, NT, bits, 0);
+    if (full < p->nchunks)
+        chunk_step(k, full, t0, acc, NT, bits, 1);
+    for (int g = 0; g < p->groups; g += 8) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) {
+            __m256 xs = _mm256_loadu_ps(p->xs + (size_t)(t0 + j) * (size_t)p->gstride + (size_t)g);
+#pragma GCC unroll 4
+            for (int i = 0; i < NR; i++)
+                acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(k->rb[i] + g), xs, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++)
+            if (i < nr)
+                y[(size_t)(t0 + j) * (size_t)ldy + (size_t)(r + i)] = hsum256(acc[i][j]);
+}
+
+#define TILE_VARIANTS(BITS)                                                                        \
+    static void tile_##BITS(const tile_ctx *k, int t0, int nt, int nr, float *y, int ldy, int r)   \
+    {                                                                                              \
+        switch (nt) {                                                                              \
+        case 4: tile(k, t0, nr, y, ldy, r, 4, BITS); break;                                        \
+        case 3: tile(k, t0, nr, y, ldy, r, 3, BITS); break;                                        \
+        case 2: tile(k, t0, nr, y, ldy, r, 2, BITS); break;                                        \
+        default: tile(k, t0, nr, y, ldy, r, 1, BITS); break;                                       \
+        }                                                                                          \
+    }
+TILE_VARIANTS(4)
+TILE_VARIANTS(8)
+
+size_t qx_avx2_bytes(qx_prep *p, const qweight *w, int n_tok)
+{
+    qx_layout(p, w, CB);
+    return qx_part_bytes(p, n_tok, 0) + qx_part_bytes(p, n_tok, 1) + qx_part_bytes(p, n_tok, 2);
+}
+
+void qx_avx2_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1)
+{
+    qx_fill(p, w, x, t0, t1);
+}
+
+void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
+{
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    qx_prep p;
+    if (qx_prepare(&p, w, x, n_tok, CB) != 0) {
+        qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
+        return;
+    }
+    qmatmul_avx2_prepared(w, &p, n_tok, y, ldy, r0, r1);
+}
+
+void qmatmul_avx2_prepared(const qweight *w, const qx_prep *pp, int n_tok, float *y, int ldy, int r0,
+                           int r1)
+{
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    const qx_prep p = *pp;
+    float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
+    if (!rowf)
+        return; /* a few KB; unreachable in practice */
+    tile_ctx k;
+    k.p = &p;
+    k.gshift = __builtin_ctz((unsigned)w->group_size);
+    const int epl = w->bits == 4 ? 8 : 4;
+    int gi[8];
+    for (int l = 0; l < 8; l++)
+        gi[l] = (l * epl) >> k.gshift;
+    k.gidx = _mm256_loadu_si256((const __m256i *)gi);
+    void (*fn)(const tile_ctx *, int, int, int, float *, int, int) = w->bits == 4 ? tile_4 : tile_8;
+
+    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    size_t per_tok = p.qstride + p.dstride * sizeof(float) + (size_t)p.gstride * sizeof(float);
+    int tb = (int)((size_t)(768 * 1024) / per_tok) / 4 * 4;
+    if (tb < 4)
+        tb = 4;
+    for (int tb0 = 0; tb0 < n_tok; tb0 += tb) {
+        const int tb1 = tb0 + tb < n_tok ? tb0 + tb : n_tok;
+        for (int r = r0; r < r1; r += NR) {
+            const int nr = r1 - r < NR ? r1 - r : NR;
+            for (int i = 0; i < NR; i++) {
+                const int row = r + (i < nr ? i : nr - 1);
+                float *rs = rowf + (size_t)(2 * i) * (size_t)p.gstride;
+                float *rb = rs + p.gstride;
+                if (i < nr) {
+                    convert_row(w->scales, w->sdtype, (size_t)row * (size_t)p.groups, p.groups, rs,
+                                p.gstride);
+                    convert_row(w->biases, w->sdtype, (size_t)row * (size_t)p.groups, p.groups, rb,
+                                p.gstride);
+                    k.rs[i] = rs;
+                    k.rb[i] = rb;
+                } else {
+                    k.rs[i] = k.rs[nr - 1];
+                    k.rb[i] = k.rb[nr - 1];
+                }
+                k.wrow[i] = w->packed + (size_t)row * row_bytes;
+            }
+            for (int t = tb0; t < tb1; t += 4) {
+                const int nt = tb1 - t < 4 ? tb1 - t : 4;
+                fn(&k, t, nt, nr, y, ldy, r);
+            }
+        }
+    }
+}

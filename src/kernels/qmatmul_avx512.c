@@ -1,0 +1,248 @@
+/* AVX-512 quantized matmul (AVX512F/BW/VL/DQ, VNNI in the *vnni entry point).
+ *
+ * Activations are quantized per group to int8 (qmatmul_internal.h); weights stay packed. Each 64-byte
+ * chunk of a weight row is unpacked once into unsigned bytes (low and high nibbles for 4-bit) and then
+ * multiplied against NT tokens with vpdpbusd (or maddubs+madd without VNNI). The int32 lanes of a chunk
+ * each lie within one group, so a lane-wise float scale (row scale x token dx) turns them into floats.
+ * A tile is 4 rows x NT tokens of float accumulators; bias terms use the exact group sums of x. */
+#include "kernels/qmatmul_quant.h"
+
+#include <immintrin.h>
+
+#define CB 64
+#define NR 4
+
+typedef struct tile_ctx {
+    const qx_prep *p;
+    const uint8_t *wrow[NR];
+    const float *rs[NR]; /* row scales as floats, zero padded */
+    const float *rb[NR]; /* row biases as floats, zero padded */
+    __m512i gidx;        /* lane -> group offset within a chunk */
+    int gshift;          /* log2(group_size) */
+    int bits;
+    __mmask64 tail_mask;
+} tile_ctx;
+
+/* Converts n scale/bias values starting at index i0 to floats, then zero pads to `padded` (a multiple
+ * of 16, at least n + 16) so that vector loads past the end read zeros. Masked loads never touch
+ * bytes past the tensor. */
+static inline void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
+                               int padded)
+{
+    for (int i = 0; i < padded; i += 16) {
+        const int left = n - i;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xffff
+                                       : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
+        __m512 v;
+        if (dt == DT_F16)
+            v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + (i0 + (size_t)i) * 2));
+        else if (dt == DT_BF16)
+            v = _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + (i0 + (size_t)i) * 2)), 16));
+        else
+            v = _mm512_maskz_loadu_ps(m, src + (i0 + (size_t)i) * 4);
+        _mm512_storeu_ps(dst + i, v);
+    }
+}
+
+static inline __attribute__((always_inline)) __m512i dot_chunk(__m512i lo, __m512i hi, __m512i ql,
+                                                               __m512i qh, int bits, int vnni)
+{
+    if (vnni) {
+        __m512i s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, ql);
+        return bits == 4 ? _mm512_dpbusd_epi32(s, hi, qh) : s;
+    }
+    const __m512i ones = _mm512_set1_epi16(1);
+    if (bits == 4) {
+        /* 15 * 127 * 2 * 2 fits int16. */
+        __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, ql), _mm512_maddubs_epi16(hi, qh));
+        return _mm512_madd_epi16(p, ones);
+    }
+    /* 8-bit without VNNI: lo/hi are the nibbles of each byte, ql == qh is the activation. */
+    const __m512i sixteen = _mm512_set1_epi16(16);
+    return _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(lo, ql), ones),
+                            _mm512_madd_epi16(_mm512_maddubs_epi16(hi, ql), sixteen));
+}
+
+static inline __attribute__((always_inline)) void
+chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, const int bits,
+           const int vnni, const int masked)
+{
+    const qx_prep *p = k->p;
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512i lo[NR], hi[NR];
+    __m512 sv[NR];
+    const int fg = (c * p->epc) >> k->gshift;
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++) {
+        const uint8_t *src = k->wrow[i] + (size_t)c * CB;
+        __m512i v = masked ? _mm512_maskz_loadu_epi8(k->tail_mask, src)
+                           : _mm512_loadu_si512((const void *)src);
+        if (bits == 4 || !vnni) {
+            lo[i] = _mm512_and_si512(v, m4);
+            hi[i] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        } else {
+            lo[i] = v;
+            hi[i] = v;
+        }
+        sv[i] = _mm512_permutexvar_ps(k->gidx, _mm512_loadu_ps(k->rs[i] + fg));
+    }
+    const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; j++) {
+        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * qchunk;
+        __m512i ql = _mm512_loadu_si512((const void *)q);
+        __m512i qh = bits == 4 ? _mm512_loadu_si512((const void *)(q + CB)) : ql;
+        __m512 d = _mm512_loadu_ps(p->dxl + (size_t)(t0 + j) * p->dstride + (size_t)c * 16);
+#pragma GCC unroll 4
+        for (int i = 0; i < NR; i++) {
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_chunk(lo[i], hi[i], ql, qh, bits, vnni)), d);
+            acc[i][j] = _mm512_fmadd_ps(f, sv[i], acc[i][j]);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0, int nr, float *y,
+                                                       int ldy, int r, const int NT, const int bits,
+                                                       const int vnni)
+{
+    const qx_prep *p = k->p;
+    __m512 acc[NR][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++)
+            acc[i][j] = _mm512_setzero_ps();
+    const int full = p->tail_bytes == CB ? p->nchunks : p->nchunks - 1;
+    for (int c = 0; c < full; c++)
+        chunk_step(k, c, t0, acc, NT, bits, vnni, 0);
+    if (full < p->nchunks)
+        chunk_step(k, full, t0, acc, NT, bits, vnni, 1);
+    /* bias terms: sum_g b_g * xsum_g */
+    for (int g = 0; g < p->groups; g += 16) {
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++) {
+            __m512 xs = _mm512_loadu_ps(p->xs + (size_t)(t0 + j) * (size_t)p->gstride + (size_t)g);
+#pragma GCC unroll 4
+            for (int i = 0; i < NR; i++)
+                acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(k->rb[i] + g), xs, acc[i][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < NR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NT; j++)
+            if (i < nr)
+                y[(size_t)(t0 + j) * (size_t)ldy + (size_t)(r + i)] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+#define TILE_VARIANTS(BITS, VNNI)                                                                  \
+    static void tile_##BITS##_##VNNI(const tile_ctx *k, int t0, int nt, int nr, float *y, int ldy, \
+                                     int r)                                                        \
+    {                                                                                              \
+        switch (nt) {                                                                              \
+        case 4: tile(k, t0, nr, y, ldy, r, 4, BITS, VNNI); break;                                  \
+        case 3: tile(k, t0, nr, y, ldy, r, 3, BITS, VNNI); break;                                  \
+        case 2: tile(k, t0, nr, y, ldy, r, 2, BITS, VNNI); break;                                  \
+        default: tile(k, t0, nr, y, ldy, r, 1, BITS, VNNI); break;                                 \
+        }                                                                                          \
+    }
+TILE_VARIANTS(4, 0)
+TILE_VARIANTS(4, 1)
+TILE_VARIANTS(8, 0)
+TILE_VARIANTS(8, 1)
+
+typedef void (*tile_fn)(const tile_ctx *, int, int, int, float *, int, int);
+
+size_t qx_avx512_bytes(qx_prep *p, const qweight *w, int n_tok)
+{
+    qx_layout(p, w, CB);
+    return qx_part_bytes(p, n_tok, 0) + qx_part_bytes(p, n_tok, 1) + qx_part_bytes(p, n_tok, 2);
+}
+
+void qx_avx512_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1)
+{
+    qx_fill(p, w, x, t0, t1);
+}
+
+static void run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
+                int vnni)
+{
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    qx_prep p;
+    if (qx_prepare(&p, w, x, n_tok, CB) != 0) {
+        qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
+        return;
+    }
+    qmatmul_avx512_prepared(w, &p, n_tok, y, ldy, r0, r1, vnni);
+}
+
+void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, float *y, int ldy, int r0,
+                             int r1, int vnni)
+{
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    const qx_prep p = *pp;
+    float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
+    if (!rowf) {
+        /* unreachable in practice (a few KB); leave y untouched rather than guess */
+        return;
+    }
+    tile_ctx k;
+    k.p = &p;
+    k.bits = w->bits;
+    k.gshift = __builtin_ctz((unsigned)w->group_size);
+    const int epl = w->bits == 4 ? 8 : 4;
+    int gi[16];
+    for (int l = 0; l < 16; l++)
+        gi[l] = (l * epl) >> k.gshift;
+    k.gidx = _mm512_loadu_si512((const void *)gi);
+    k.tail_mask = p.tail_bytes == 64 ? ~(__mmask64)0 : (((__mmask64)1 << p.tail_bytes) - 1);
+    tile_fn fn = w->bits == 4 ? (vnni ? tile_4_1 : tile_4_0) : (vnni ? tile_8_1 : tile_8_0);
+
+    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    /* Keep one token block's activations in L2 while the rows stream past. */
+    size_t per_tok = p.qstride + p.dstride * sizeof(float) + (size_t)p.gstride * sizeof(float);
+    int tb = (int)((size_t)(768 * 1024) / per_tok) / 4 * 4;
+    if (tb < 4)
+        tb = 4;
+    for (int tb0 = 0; tb0 < n_tok; tb0 += tb) {
+        const int tb1 = tb0 + tb < n_tok ? tb0 + tb : n_tok;
+        for (int r = r0; r < r1; r += NR) {
+            const int nr = r1 - r < NR ? r1 - r : NR;
+            for (int i = 0; i < NR; i++) {
+                const int row = r + (i < nr ? i : nr - 1);
+                float *rs = rowf + (size_t)(2 * i) * (size_t)p.gstride;
+                float *rb = rs + p.gstride;
+                if (i < nr) {
+                    convert_row(w->scales, w->sdtype, (size_t)row * (size_t)p.groups, p.groups, rs,
+                                p.gstride);
+                    convert_row(w->biases, w->sdtype, (size_t)row * (size_t)p.groups, p.groups, rb,
+                                p.gstride);
+                    k.rs[i] = rs;
+                    k.rb[i] = rb;
+                } else {
+                    k.rs[i] = k.rs[nr - 1];
+                    k.rb[i] = k.rb[nr - 1];
+                }
+                k.wrow[i] = w->packed + (size_t)row * row_bytes;
+            }
+            for (int t = tb0; t < tb1; t += 4) {
+                const int nt = tb1 - t < 4 ? tb1 - t : 4;
+                fn(&k, t, nt, nr, y, ldy, r);
+            }
+        }
+    }
+}
+
+void qmatmul_avx512(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
+{
+    run(w, x, n_tok, y, ldy, r0, r1, 0);
+}
+
+void qmatmul_avx512vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0,
+                        int r1)
+{
+    run(w, x, n_tok, y, ldy, r0, r1, 1);
+}

@@ -1,0 +1,359 @@
+/* The Qwen2 forward pass (spec/engine.md §5), in float32 with packed 4/8-bit weights.
+ * Prompts run in chunks of up to CHUNK tokens as matrix x matrix products; decode is the n = 1 case.
+ * Every matmul and the attention are split across the model's thread pool. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model_internal.h"
+
+#define CHUNK 256
+#define ROW_ALIGN 16 /* thread row ranges start on multiples of this (kernel-friendly) */
+
+struct model_ctx {
+    model *m;
+    int n_ctx, pos, chunk;
+    float *k_cache, *v_cache; /* [layer][kv_head][n_ctx][head_dim] */
+    /* per-chunk activations */
+    float *x;            /* [chunk][H] residual stream */
+    float *xn;           /* [chunk][H] normalised input of a block */
+    float *q, *k, *v;    /* [chunk][nh*D], [chunk][nkv*D] */
+    float *att;          /* [chunk][nh*D] attention output */
+    float *proj;         /* [chunk][H] output of o_proj / down_proj */
+    float *gate, *up;    /* [chunk][I] */
+    float *rope_cos, *rope_sin; /* [chunk][D/2] */
+    float *scores;       /* [n_threads][n_ctx] */
+    float *last_norm;    /* [H] */
+};
+
+/* ---- parallel matmul over up to three weights sharing one input ---- */
+
+struct mm_job {
+    const qweight *w;
+    const float *x;
+    float *y;
+    int ldy;
+};
+
+struct mm_task {
+    struct mm_job jobs[3];
+    int n_jobs, n_tok, total_rows;
+};
+
+static void mm_worker(void *arg, int t, int nt)
+{
+    const struct mm_task *task = arg;
+    int per = (task->total_rows + nt - 1) / nt;
+    per = (per + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
+    int lo = t * per, hi = lo + per;
+    if (hi > task->total_rows)
+        hi = task->total_rows;
+    int base = 0;
+    for (int j = 0; j < task->n_jobs && lo < hi; j++) {
+        const struct mm_job *job = &task->jobs[j];
+        int rows = job->w->rows;
+        int r0 = lo - base, r1 = hi - base;
+        if (r0 < 0)
+            r0 = 0;
+        if (r1 > rows)
+            r1 = rows;
+        if (r0 < r1)
+            qmatmul(job->w, job->x, task->n_tok, job->y, job->ldy, r0, r1);
+        base += rows;
+    }
+}
+
+static void run_matmul(model *m, struct mm_task *task)
+{
+    task->total_rows = 0;
+    for (int j = 0; j < task->n_jobs; j++)
+        task->total_rows += task->jobs[j].w->rows;
+    threadpool_run(m->pool, mm_worker, task);
+}
+
+static void matmul1(model *m, const qweight *w, const float *x, int n_tok, float *y, int ldy)
+{
+    struct mm_task task = {.jobs = {{w, x, y, ldy}}, .n_jobs = 1, .n_tok = n_tok};
+    run_matmul(m, &task);
+}
+
+/* ---- element-wise pieces ---- */
+
+static void rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    float inv = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++)
+        out[i] = w[i] * (x[i] * inv);
+}
+
+/* rotate-half RoPE on one head vector: pairs (i, i + D/2) */
+static void rope_apply(float *v, const float *cs, const float *sn, int half)
+{
+    for (int i = 0; i < half; i++) {
+        float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * cs[i] - x2 * sn[i];
+        v[i + half] = x1 * sn[i] + x2 * cs[i];
+    }
+}
+
+/* ---- attention, parallel over (head, query) pairs ---- */
+
+struct att_task {
+    model_ctx *c;
+    int layer, n_tok, pos0;
+};
+
+static void att_worker(void *arg, int t, int nt)
+{
+    const struct att_task *a = arg;
+    model_ctx *c = a->c;
+    const model_config *cfg = &c->m->cfg;
+    const int D = cfg->head_dim, nh = cfg->n_heads, nkv = cfg->n_kv_heads;
+    const int group = nh / nkv;
+    const float scale = 1.0f / sqrtf((float)D);
+    const int items = nh * a->n_tok;
+    int per = (items + nt - 1) / nt;
+    int lo = t * per, hi = lo + per < items ? lo + per : items;
+    float *scores = c->scores + (size_t)t * c->n_ctx;
+    const size_t layer_off = (size_t)a->layer * nkv * c->n_ctx * D;
+
+    for (int it = lo; it < hi; it++) {
+        int h = it / a->n_tok, j = it % a->n_tok;
+        int g = h / group;
+        int n_keys = a->pos0 + j + 1; /* causal: keys 0..pos */
+        const float *q = c->q + (size_t)j * nh * D + (size_t)h * D;
+        const float *kc = c->k_cache + layer_off + (size_t)g * c->n_ctx * D;
+        const float *vc = c->v_cache + layer_off + (size_t)g * c->n_ctx * D;
+        float mx = -INFINITY;
+        for (int s = 0; s < n_keys; s++) {
+            const float *k = kc + (size_t)s * D;
+            float dot = 0.0f;
+            for (int d = 0; d < D; d++)
+                dot += q[d] * k[d];
+            dot *= scale;
+            scores[s] = dot;
+            if (dot > mx)
+                mx = dot;
+        }
+        float sum = 0.0f;
+        for (int s = 0; s < n_keys; s++) {
+            scores[s] = expf(scores[s] - mx);
+            sum += scores[s];
+        }
+        float inv = 1.0f / sum;
+        float *out = c->att + (size_t)j * nh * D + (size_t)h * D;
+        memset(out, 0, (size_t)D * sizeof *out);
+        for (int s = 0; s < n_keys; s++) {
+            const float *v = vc + (size_t)s * D;
+            float w = scores[s] * inv;
+            for (int d = 0; d < D; d++)
+                out[d] += w * v[d];
+        }
+    }
+}
+
+/* ---- SwiGLU, parallel over elements ---- */
+
+struct swiglu_task {
+    float *gate;
+    const float *up;
+    size_t n;
+};
+
+static void swiglu_worker(void *arg, int t, int nt)
+{
+    const struct swiglu_task *s = arg;
+    size_t per = (s->n + (size_t)nt - 1) / (size_t)nt;
+    size_t lo = (size_t)t * per, hi = lo + per < s->n ? lo + per : s->n;
+    for (size_t i = lo; i < hi; i++) {
+        float g = s->gate[i];
+        s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
+    }
+}
+
+/* ---- context ---- */
+
+int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
+{
+    const model_config *cfg = &m->cfg;
+    if (n_ctx <= 0 || n_ctx > cfg->max_position_embeddings)
+        n_ctx = n_ctx <= 0 ? cfg->max_position_embeddings : n_ctx;
+    if (n_ctx > cfg->max_position_embeddings)
+        n_ctx = cfg->max_position_embeddings;
+    model_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return perr_set(err, "out of memory");
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->chunk = n_ctx < CHUNK ? n_ctx : CHUNK;
+    const size_t H = cfg->hidden_size, I = cfg->intermediate_size, D = cfg->head_dim;
+    const size_t qd = cfg->n_heads * D, kvd = cfg->n_kv_heads * D, ch = c->chunk;
+    const size_t kv = (size_t)cfg->n_layers * kvd * (size_t)n_ctx;
+    c->k_cache = malloc(kv * sizeof(float));
+    c->v_cache = malloc(kv * sizeof(float));
+    c->x = malloc(ch * H * sizeof(float));
+    c->xn = malloc(ch * H * sizeof(float));
+    c->q = malloc(ch * qd * sizeof(float));
+    c->k = malloc(ch * kvd * sizeof(float));
+    c->v = malloc(ch * kvd * sizeof(float));
+    c->att = malloc(ch * qd * sizeof(float));
+    c->proj = malloc(ch * H * sizeof(float));
+    c->gate = malloc(ch * I * sizeof(float));
+    c->up = malloc(ch * I * sizeof(float));
+    c->rope_cos = malloc(ch * (D / 2) * sizeof(float));
+    c->rope_sin = malloc(ch * (D / 2) * sizeof(float));
+    c->scores = malloc((size_t)threadpool_size(m->pool) * (size_t)n_ctx * sizeof(float));
+    c->last_norm = malloc(H * sizeof(float));
+    if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj ||
+        !c->gate || !c->up || !c->rope_cos || !c->rope_sin || !c->scores || !c->last_norm) {
+        model_ctx_free(c);
+        return perr_set(err, "out of memory for a context of %d tokens", n_ctx);
+    }
+    *out = c;
+    return 0;
+}
+
+void model_ctx_free(model_ctx *c)
+{
+    if (!c)
+        return;
+    free(c->k_cache);
+    free(c->v_cache);
+    free(c->x);
+    free(c->xn);
+    free(c->q);
+    free(c->k);
+    free(c->v);
+    free(c->att);
+    free(c->proj);
+    free(c->gate);
+    free(c->up);
+    free(c->rope_cos);
+    free(c->rope_sin);
+    free(c->scores);
+    free(c->last_norm);
+    free(c);
+}
+
+int model_ctx_n_ctx(const model_ctx *c) { return c->n_ctx; }
+int model_ctx_pos(const model_ctx *c) { return c->pos; }
+
+void model_ctx_truncate(model_ctx *c, int n)
+{
+    if (n >= 0 && n < c->pos)
+        c->pos = n;
+}
+
+/* Runs one chunk of n <= c->chunk tokens through all layers; leaves the final residual in c->x. */
+static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
+{
+    model *m = c->m;
+    const model_config *cfg = &m->cfg;
+    const int H = cfg->hidden_size, I = cfg->intermediate_size, D = cfg->head_dim, half = D / 2;
+    const int nh = cfg->n_heads, nkv = cfg->n_kv_heads, qd = nh * D, kvd = nkv * D;
+    const int pos0 = c->pos;
+
+    for (int j = 0; j < n; j++)
+        qweight_dequant_row(&m->embed, tokens[j], c->x + (size_t)j * H);
+    for (int j = 0; j < n; j++) {
+        for (int i = 0; i < half; i++) {
+            double angle = (double)(pos0 + j) * m->rope_inv_freq[i];
+            c->rope_cos[(size_t)j * half + i] = (float)cos(angle);
+            c->rope_sin[(size_t)j * half + i] = (float)sin(angle);
+        }
+    }
+
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        for (int j = 0; j < n; j++)
+            rmsnorm(c->xn + (size_t)j * H, c->x + (size_t)j * H, L->attn_norm, H, cfg->rms_norm_eps);
+
+        struct mm_task qkv = {
+            .jobs = {{&L->wq, c->xn, c->q, qd}, {&L->wk, c->xn, c->k, kvd}, {&L->wv, c->xn, c->v, kvd}},
+            .n_jobs = 3, .n_tok = n,
+        };
+        run_matmul(m, &qkv);
+
+        const size_t layer_off = (size_t)l * kvd * c->n_ctx;
+        for (int j = 0; j < n; j++) {
+            float *q = c->q + (size_t)j * qd, *k = c->k + (size_t)j * kvd, *v = c->v + (size_t)j * kvd;
+            const float *cs = c->rope_cos + (size_t)j * half, *sn = c->rope_sin + (size_t)j * half;
+            for (int i = 0; i < qd; i++)
+                q[i] += L->bq[i];
+            for (int i = 0; i < kvd; i++) {
+                k[i] += L->bk[i];
+                v[i] += L->bv[i];
+            }
+            for (int h = 0; h < nh; h++)
+                rope_apply(q + (size_t)h * D, cs, sn, half);
+            for (int g = 0; g < nkv; g++) {
+                rope_apply(k + (size_t)g * D, cs, sn, half);
+                size_t at = layer_off + ((size_t)g * c->n_ctx + (size_t)(pos0 + j)) * D;
+                memcpy(c->k_cache + at, k + (size_t)g * D, (size_t)D * sizeof(float));
+                memcpy(c->v_cache + at, v + (size_t)g * D, (size_t)D * sizeof(float));
+            }
+        }
+
+        struct att_task at = {.c = c, .layer = l, .n_tok = n, .pos0 = pos0};
+        threadpool_run(m->pool, att_worker, &at);
+
+        matmul1(m, &L->wo, c->att, n, c->proj, H);
+        for (size_t i = 0; i < (size_t)n * H; i++)
+            c->x[i] += c->proj[i];
+
+        for (int j = 0; j < n; j++)
+            rmsnorm(c->xn + (size_t)j * H, c->x + (size_t)j * H, L->mlp_norm, H, cfg->rms_norm_eps);
+        struct mm_task gu = {
+            .jobs = {{&L->w_gate, c->xn, c->gate, I}, {&L->w_up, c->xn, c->up, I}},
+            .n_jobs = 2, .n_tok = n,
+        };
+        run_matmul(m, &gu);
+        struct swiglu_task sw = {c->gate, c->up, (size_t)n * I};
+        threadpool_run(m->pool, swiglu_worker, &sw);
+        matmul1(m, &L->w_down, c->gate, n, c->proj, H);
+        for (size_t i = 0; i < (size_t)n * H; i++)
+            c->x[i] += c->proj[i];
+    }
+    c->pos += n;
+}
+
+int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_last, float *all_logits, perr *err)
+{
+    model *m = c->m;
+    const model_config *cfg = &m->cfg;
+    const int H = cfg->hidden_size, V = cfg->vocab_size;
+    if (n <= 0)
+        return perr_set(err, "no tokens to evaluate");
+    if (n > c->n_ctx - c->pos)
+        return perr_set(err, "context overflow: %d tokens held, %d more requested, context size %d", c->pos, n,
+                        c->n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return perr_set(err, "token id %d is outside the vocabulary (0..%d)", tokens[i], V - 1);
+
+    pthread_mutex_lock(&m->pool_lock);
+    for (int done = 0; done < n;) {
+        int cn = n - done < c->chunk ? n - done : c->chunk;
+        forward_chunk(c, tokens + done, cn);
+        if (all_logits) {
+            /* head on every token of the chunk, written straight into the caller's array */
+            for (int j = 0; j < cn; j++)
+                rmsnorm(c->xn + (size_t)j * H, c->x + (size_t)j * H, m->final_norm, H, cfg->rms_norm_eps);
+            matmul1(m, &m->head, c->xn, cn, all_logits + (size_t)done * V, V);
+        }
+        done += cn;
+        if (done == n && logits_last) {
+            if (all_logits) {
+                memcpy(logits_last, all_logits + (size_t)(n - 1) * V, (size_t)V * sizeof(float));
+            } else {
+                rmsnorm(c->last_norm, c->x + (size_t)(cn - 1) * H, m->final_norm, H, cfg->rms_norm_eps);
+                matmul1(m, &m->head, c->last_norm, 1, logits_last, V);
+            }
+        }
+    }
+    pthread_mutex_unlock(&m->pool_lock);
+    return 0;
+}

@@ -1,0 +1,489 @@
+#include "server/engine.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "model/model.h"
+#include "tokenizer/chat_template.h"
+#include "util/fs.h"
+#include "util/log.h"
+
+#define MAX_EOS 16
+#define PREFILL_CHUNK 512
+
+typedef struct slot {
+    int index;
+    model_ctx *ctx;
+    int32_t *tokens; /* what the KV cache holds, n_tokens of n_ctx */
+    int n_tokens;
+    float *logits;
+    bool busy;
+    uint64_t last_used;
+} slot;
+
+typedef struct waiter {
+    struct waiter *next;
+} waiter;
+
+struct engine {
+    char name[512];
+    char dir[4096];
+    model *model;
+    tokenizer *tok;
+    chat_template *tmpl;
+    cJSON *template_vars;
+    sampler_params defaults;
+    int vocab, n_valid, n_ctx;
+    int32_t eos[MAX_EOS];
+    int n_eos;
+    slot *slots;
+    int n_slots;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    waiter *queue_head, *queue_tail;
+    uint64_t clock;
+    atomic_bool shutdown;
+};
+
+struct generation {
+    engine *e;
+    slot *s;
+    int32_t *prompt;
+    int n_prompt;
+    int cached;
+    bool prefilled;
+    int32_t pending; /* sampled, not yet evaluated; -1 when none */
+    int n_generated;
+    gen_params params;
+    sampler *sampler;
+    float *scratch; /* logits copy for log-probabilities */
+    bool (*should_abort)(void *); /* polled between prefill chunks: a long prompt is not evaluated for nobody */
+    void *abort_ud;
+};
+
+static void add_eos(engine *e, int32_t id)
+{
+    if (id < 0 || id >= e->vocab || e->n_eos >= MAX_EOS)
+        return;
+    for (int i = 0; i < e->n_eos; i++)
+        if (e->eos[i] == id)
+            return;
+    e->eos[e->n_eos++] = id;
+}
+
+/* eos_token_id of generation_config.json (a number or a list), when the file is there. */
+static void read_generation_eos(engine *e)
+{
+    char path[4200];
+    char *text = NULL;
+    size_t len = 0;
+    if (path_join(path, sizeof path, e->dir, "generation_config.json", NULL) != 0 || !file_exists(path) ||
+        read_file(path, 1 << 20, &text, &len, NULL) != 0)
+        return;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    free(text);
+    const cJSON *ids = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
+    if (cJSON_IsNumber(ids)) {
+        add_eos(e, (int32_t)ids->valuedouble);
+    } else if (cJSON_IsArray(ids)) {
+        const cJSON *v;
+        cJSON_ArrayForEach(v, ids) if (cJSON_IsNumber(v)) add_eos(e, (int32_t)v->valuedouble);
+    }
+    cJSON_Delete(root);
+}
+
+int engine_load(const engine_options *o, engine **out, perr *err)
+{
+    *out = NULL;
+    engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return perr_set(err, "out of memory");
+    pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->cond, NULL);
+    snprintf(e->name, sizeof e->name, "%s", o->model_name ? o->model_name : o->model_dir);
+    snprintf(e->dir, sizeof e->dir, "%s", o->model_dir);
+    if (model_load(o->model_dir, o->n_threads, &e->model, err) != 0)
+        goto fail;
+    if (tokenizer_load(o->model_dir, &e->tok, err) != 0)
+        goto fail;
+    const char *src = tokenizer_chat_template(e->tok);
+    if (!src) {
+        perr_set(err, "the model has no chat template (tokenizer_config.json lacks 'chat_template')");
+        goto fail;
+    }
+    if (chat_template_compile(src, &e->tmpl, err) != 0) {
+        perr_wrap(err, "unsupported chat template");
+        goto fail;
+    }
+    e->template_vars = cJSON_CreateObject();
+    if (tokenizer_bos_token(e->tok))
+        cJSON_AddStringToObject(e->template_vars, "bos_token", tokenizer_bos_token(e->tok));
+    if (tokenizer_eos_token(e->tok))
+        cJSON_AddStringToObject(e->template_vars, "eos_token", tokenizer_eos_token(e->tok));
+
+    const model_config *cfg = model_get_config(e->model);
+    e->vocab = cfg->vocab_size;
+    e->n_valid = tokenizer_size(e->tok);
+    if (e->n_valid <= 0 || e->n_valid > e->vocab)
+        e->n_valid = e->vocab;
+    e->n_ctx = o->n_ctx > 0 ? o->n_ctx : 4096;
+    if (cfg->max_position_embeddings > 0 && e->n_ctx > cfg->max_position_embeddings)
+        e->n_ctx = cfg->max_position_embeddings;
+
+    /* Stop tokens: the chat end markers, the tokenizer's eos and generation_config's list. */
+    add_eos(e, tokenizer_token_id(e->tok, "<|im_end|>"));
+    add_eos(e, tokenizer_token_id(e->tok, "<|endoftext|>"));
+    if (tokenizer_eos_token(e->tok))
+        add_eos(e, tokenizer_token_id(e->tok, tokenizer_eos_token(e->tok)));
+    read_generation_eos(e);
+
+    sampler_params_init(&e->defaults);
+    sampler_params_from_generation_config(&e->defaults, o->model_dir);
+
+    e->n_slots = o->n_parallel > 0 ? o->n_parallel : 1;
+    e->slots = calloc((size_t)e->n_slots, sizeof *e->slots);
+    if (!e->slots) {
+        perr_set(err, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        s->index = i;
+        if (model_ctx_new(e->model, e->n_ctx, &s->ctx, err) != 0)
+            goto fail;
+        s->tokens = malloc((size_t)e->n_ctx * sizeof *s->tokens);
+        s->logits = malloc((size_t)e->vocab * sizeof *s->logits);
+        if (!s->tokens || !s->logits) {
+            perr_set(err, "out of memory");
+            goto fail;
+        }
+    }
+    *out = e;
+    return 0;
+fail:
+    engine_free(e);
+    return -1;
+}
+
+void engine_free(engine *e)
+{
+    if (!e)
+        return;
+    if (e->slots)
+        for (int i = 0; i < e->n_slots; i++) {
+            model_ctx_free(e->slots[i].ctx);
+            free(e->slots[i].tokens);
+            free(e->slots[i].logits);
+        }
+    free(e->slots);
+    cJSON_Delete(e->template_vars);
+    if (e->tmpl)
+        chat_template_free(e->tmpl);
+    if (e->tok)
+        tokenizer_free(e->tok);
+    if (e->model)
+        model_free(e->model);
+    pthread_mutex_destroy(&e->lock);
+    pthread_cond_destroy(&e->cond);
+    free(e);
+}
+
+const char *engine_model_name(const engine *e) { return e->name; }
+int engine_n_ctx(const engine *e) { return e->n_ctx; }
+int engine_n_parallel(const engine *e) { return e->n_slots; }
+const tokenizer *engine_tokenizer(const engine *e) { return e->tok; }
+void engine_default_sampler(const engine *e, sampler_params *p) { *p = e->defaults; }
+
+void engine_shutdown(engine *e)
+{
+    atomic_store(&e->shutdown, true);
+    pthread_mutex_lock(&e->lock);
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+}
+
+bool engine_shutting_down(const engine *e) { return atomic_load(&((engine *)e)->shutdown); }
+
+int engine_text_prompt(engine *e, const char *text, int32_t **ids, size_t *n, perr *err)
+{
+    return tokenizer_encode(e->tok, text, strlen(text), ids, n, err);
+}
+
+int engine_chat_prompt(engine *e, const cJSON *messages, const cJSON *tools, int32_t **ids, size_t *n, perr *err)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (chat_template_render(e->tmpl, messages, tools, true, e->template_vars, &text, &len, err) != 0)
+        return perr_wrap(err, "cannot render the chat template");
+    int rc = tokenizer_encode(e->tok, text, len, ids, n, err);
+    free(text);
+    return rc;
+}
+
+static int common_prefix(const int32_t *a, int na, const int32_t *b, int nb)
+{
+    int n = na < nb ? na : nb, i = 0;
+    while (i < n && a[i] == b[i])
+        i++;
+    return i;
+}
+
+/* The free slot whose cache shares the longest prefix with the prompt; the least recently used
+ * one among equals, so that other conversations' caches survive. Caller holds the lock. */
+static slot *pick_slot(engine *e, const int32_t *prompt, int n)
+{
+    slot *best = NULL;
+    int best_len = -1;
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        if (s->busy)
+            continue;
+        int len = common_prefix(s->tokens, s->n_tokens, prompt, n);
+        if (len > best_len || (len == best_len && s->last_used < best->last_used)) {
+            best = s;
+            best_len = len;
+        }
+    }
+    return best;
+}
+
+static bool has_free_slot(const engine *e)
+{
+    for (int i = 0; i < e->n_slots; i++)
+        if (!e->slots[i].busy)
+            return true;
+    return false;
+}
+
+generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_params *p,
+                         bool (*should_abort)(void *), void *ud, perr *err)
+{
+    if (n == 0 || n > (size_t)e->n_ctx) {
+        perr_set(err, "the prompt has %zu tokens, the context holds %d", n, e->n_ctx);
+        return NULL;
+    }
+    generation *g = calloc(1, sizeof *g);
+    if (!g) {
+        perr_set(err, "out of memory");
+        return NULL;
+    }
+    g->e = e;
+    g->params = *p;
+    g->should_abort = should_abort;
+    g->abort_ud = ud;
+    if (g->params.top_logprobs > ENGINE_MAX_TOP_LOGPROBS)
+        g->params.top_logprobs = ENGINE_MAX_TOP_LOGPROBS;
+    g->pending = -1;
+    g->n_prompt = (int)n;
+    g->prompt = malloc(n * sizeof *prompt);
+    g->sampler = sampler_new(&p->sampling, e->n_valid);
+    g->scratch = malloc((size_t)e->vocab * sizeof *g->scratch);
+    if (!g->prompt || !g->sampler || !g->scratch) {
+        perr_set(err, "out of memory");
+        goto fail;
+    }
+    memcpy(g->prompt, prompt, n * sizeof *prompt);
+
+    /* First come, first served: wait until we head the queue and a slot is free. */
+    waiter me = {NULL};
+    pthread_mutex_lock(&e->lock);
+    if (e->queue_tail)
+        e->queue_tail->next = &me;
+    else
+        e->queue_head = &me;
+    e->queue_tail = &me;
+    bool gave_up = false;
+    while (!(e->queue_head == &me && has_free_slot(e))) {
+        if (atomic_load(&e->shutdown) || (should_abort && should_abort(ud))) {
+            gave_up = true;
+            break;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+    }
+    /* Leave the queue. */
+    waiter **pp = &e->queue_head;
+    waiter *prev = NULL;
+    while (*pp && *pp != &me) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp)
+        *pp = me.next;
+    if (e->queue_tail == &me)
+        e->queue_tail = prev;
+    if (!gave_up) {
+        g->s = pick_slot(e, prompt, (int)n);
+        g->s->busy = true;
+        g->s->last_used = ++e->clock;
+    }
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+    if (gave_up) {
+        perr_set(err, atomic_load(&e->shutdown) ? "the server is shutting down" : "the client went away");
+        goto fail;
+    }
+    return g;
+fail:
+    free(g->prompt);
+    if (g->sampler)
+        sampler_free(g->sampler);
+    free(g->scratch);
+    free(g);
+    return NULL;
+}
+
+int generation_prompt_tokens(const generation *g) { return g->n_prompt; }
+int generation_cached_tokens(const generation *g) { return g->cached; }
+
+void generation_end(generation *g)
+{
+    if (!g)
+        return;
+    engine *e = g->e;
+    pthread_mutex_lock(&e->lock);
+    g->s->busy = false;
+    g->s->last_used = ++e->clock;
+    pthread_cond_broadcast(&e->cond);
+    pthread_mutex_unlock(&e->lock);
+    free(g->prompt);
+    sampler_free(g->sampler);
+    free(g->scratch);
+    free(g);
+}
+
+/* Evaluates tokens and appends them to the slot's record of its cache. */
+static int eval(generation *g, const int32_t *toks, int n, bool want_logits, perr *err)
+{
+    slot *s = g->s;
+    if (model_ctx_eval(s->ctx, toks, n, want_logits ? s->logits : NULL, NULL, err) != 0) {
+        /* The cache may now hold part of the batch: forget it all rather than guess. */
+        model_ctx_truncate(s->ctx, 0);
+        s->n_tokens = 0;
+        return -1;
+    }
+    memcpy(s->tokens + s->n_tokens, toks, (size_t)n * sizeof *toks);
+    s->n_tokens += n;
+    return 0;
+}
+
+static int prefill(generation *g, perr *err)
+{
+    slot *s = g->s;
+    int keep = common_prefix(s->tokens, s->n_tokens, g->prompt, g->n_prompt);
+    if (keep >= g->n_prompt)
+        keep = g->n_prompt - 1; /* the last prompt token is evaluated again for its logits */
+    model_ctx_truncate(s->ctx, keep);
+    s->n_tokens = keep;
+    g->cached = keep;
+    for (int pos = keep; pos < g->n_prompt; pos += PREFILL_CHUNK) {
+        if (atomic_load(&g->e->shutdown) || (pos > keep && g->should_abort && g->should_abort(g->abort_ud)))
+            return 1;
+        int n = g->n_prompt - pos < PREFILL_CHUNK ? g->n_prompt - pos : PREFILL_CHUNK;
+        if (eval(g, g->prompt + pos, n, pos + n == g->n_prompt, err) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static bool is_eos(const engine *e, int32_t id)
+{
+    for (int i = 0; i < e->n_eos; i++)
+        if (e->eos[i] == id)
+            return true;
+    return false;
+}
+
+/* Log-softmax of the raw logits (before penalties and filters): the chosen token's log-probability
+ * and the k most likely alternatives, as OpenAI reports them. Returns the log-sum-exp. */
+static float log_softmax_top(const generation *g, const float *logits, gen_token *tok)
+{
+    int nv = g->e->n_valid;
+    float mx = -INFINITY;
+    for (int i = 0; i < nv; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < nv; i++)
+        sum += exp((double)logits[i] - mx);
+    float lse = mx + (float)log(sum);
+    int k = g->params.top_logprobs;
+    tok->n_top = 0;
+    for (int i = 0; i < nv && k > 0; i++) {
+        float v = logits[i];
+        if (tok->n_top == k && v <= logits[tok->top_ids[k - 1]])
+            continue;
+        int j = tok->n_top < k ? tok->n_top++ : k - 1;
+        while (j > 0 && logits[tok->top_ids[j - 1]] < v) {
+            tok->top_ids[j] = tok->top_ids[j - 1];
+            j--;
+        }
+        tok->top_ids[j] = i;
+    }
+    for (int i = 0; i < tok->n_top; i++)
+        tok->top_logprobs[i] = logits[tok->top_ids[i]] - lse;
+    return lse;
+}
+
+int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr *err)
+{
+    engine *e = g->e;
+    slot *s = g->s;
+    memset(tok, 0, sizeof *tok);
+    if (atomic_load(&e->shutdown)) {
+        *finish = GEN_CANCELLED;
+        return 0;
+    }
+    if (!g->prefilled) {
+        int rc = prefill(g, err);
+        if (rc < 0)
+            return -1;
+        if (rc > 0) {
+            *finish = GEN_CANCELLED;
+            return 0;
+        }
+        g->prefilled = true;
+    } else {
+        if (g->n_generated >= g->params.max_tokens || s->n_tokens >= e->n_ctx) {
+            *finish = GEN_LENGTH;
+            return 0;
+        }
+        if (eval(g, &g->pending, 1, true, err) != 0)
+            return -1;
+        g->pending = -1;
+    }
+    if (g->n_generated >= g->params.max_tokens) {
+        *finish = GEN_LENGTH;
+        return 0;
+    }
+    float lse = 0;
+    if (g->params.logprobs) {
+        memcpy(g->scratch, s->logits, (size_t)e->vocab * sizeof *g->scratch);
+        lse = log_softmax_top(g, g->scratch, tok);
+    }
+    int id = sampler_sample(g->sampler, s->logits, e->vocab, s->tokens, s->n_tokens, NULL);
+    if (id < 0 || id >= e->vocab) {
+        perr_set(err, "the sampler returned an invalid token id %d", id);
+        return -1;
+    }
+    if (is_eos(e, id)) {
+        *finish = GEN_STOP;
+        return 0;
+    }
+    tok->id = id;
+    tok->logprob = g->params.logprobs ? g->scratch[id] - lse : 0;
+    g->pending = id;
+    g->n_generated++;
+    return 1;
+}
