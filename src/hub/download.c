@@ -826,7 +826,7 @@ static void *worker(void *arg)
 /* ---- revision and listing ---------------------------------------------------------------------- */
 
 static int resolve_revision(const hub_config *cfg, CURL *curl, const char *repo, const char *rev, char *commit,
-                            perr *err)
+                            bool *unreachable, perr *err)
 {
     if (is_commit(rev)) {
         snprintf(commit, 64, "%s", rev);
@@ -838,6 +838,7 @@ static int resolve_revision(const hub_config *cfg, CURL *curl, const char *repo,
     snprintf(url, sizeof url, "%s/api/models/%s/revision/%s?expand=sha", cfg->endpoint, repo, enc);
     hub_response resp = {0};
     if (hub_get_json(curl, cfg, url, repo, rev, &resp, err) != 0) {
+        *unreachable = resp.unreachable;
         hub_response_free(&resp);
         return -1;
     }
@@ -1011,8 +1012,24 @@ int hub_download(const download_opts *o, download_result *res, perr *err)
         return perr_set(err, "cannot start libcurl");
     entry *list = NULL;
     int nlist = 0;
-    if (resolve_revision(&cfg, curl, o->repo, rev, d.commit, err) != 0 ||
-        list_tree(&cfg, curl, o->repo, rev, d.commit, &list, &nlist, err) != 0) {
+    bool unreachable = false;
+    if (resolve_revision(&cfg, curl, o->repo, rev, d.commit, &unreachable, err) != 0) {
+        curl_easy_cleanup(curl);
+        /* Like the Hub's own tools: when the hub cannot be reached, a complete local copy will do. */
+        perr local = {{0}};
+        if (unreachable && offline_lookup(o, rev, res, &local) == 0) {
+            res->from_cache_offline = false;
+            res->hub_unreachable = true;
+            return 0;
+        }
+        if (unreachable) {
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            perr_set(err, "%s (and %s is not fully downloaded in %s)", msg, o->repo, o->models_dir);
+        }
+        return -1;
+    }
+    if (list_tree(&cfg, curl, o->repo, rev, d.commit, &list, &nlist, err) != 0) {
         curl_easy_cleanup(curl);
         free(list);
         return -1;

@@ -373,6 +373,21 @@ class Errors(HubTest):
         self.assertEqual(later, [])
 
 
+class Unreachable(HubTest):
+    def test_unreachable_hub_uses_complete_copy(self):
+        env = self.env(PUNIE_HUB_MAX_RETRIES="1")
+        self.hub.stop()
+        r = self.download(env=env)
+        self.assert_fails(r, "Error downloading model", "cannot reach %s" % self.hub.url)
+        self.hub = FakeHub()
+        env = self.env(PUNIE_HUB_MAX_RETRIES="1")
+        self.assert_ok(self.download(env=env))
+        self.hub.stop()
+        r = self.download(env=env)
+        self.assert_ok(r)
+        self.assertIn("could not be reached", r.stderr)
+
+
 class Interruptions(HubTest):
     def incomplete_progress(self):
         blobs = os.path.join(self.repo_dir(), "blobs")
