@@ -560,7 +560,12 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
             req.range_end = c->end - 1;
         }
         perr e = {{0}};
-        int rc = hub_perform(curl, cfg, f->url, &req, &resp, &e);
+        /* Another worker may refresh the URL (expired CDN link) meanwhile: use a copy. */
+        char url[sizeof f->url];
+        pthread_mutex_lock(&f->mu);
+        memcpy(url, f->url, sizeof url);
+        pthread_mutex_unlock(&f->mu);
+        int rc = hub_perform(curl, cfg, url, &req, &resp, &e);
         pthread_mutex_lock(&f->mu);
         save_sidecar(f);
         bool progressed = c->done > before;
@@ -679,7 +684,9 @@ static int resolve_url(dl *d, dfile *f, CURL *curl, perr *err)
         return perr_set(err, "the hub reports %lld bytes for %s but its file listing says %lld", size, f->path,
                         f->size);
     }
+    pthread_mutex_lock(&f->mu);
     snprintf(f->url, sizeof f->url, "%s", resp.final_url);
+    pthread_mutex_unlock(&f->mu);
     hub_response_free(&resp);
     return 0;
 }
