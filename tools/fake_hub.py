@@ -476,9 +476,19 @@ class Handler(BaseHTTPRequestHandler):
                     pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # Clients hanging up (and our own dropped connections) are part of the game, not errors.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(hub, port, cdn, host):
     handler = type("H", (Handler,), {"hub": hub, "is_cdn": cdn})
-    srv = ThreadingHTTPServer((host, port), handler)
+    srv = Server((host, port), handler)
     srv.daemon_threads = True
     return srv
 
