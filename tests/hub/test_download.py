@@ -212,12 +212,28 @@ class DownloadBasics(HubTest):
         r = self.download()
         self.assertIn("Fetched", r.stderr)
 
-    def test_default_repo_hint_and_models_dir_env(self):
-        # PUNIE_MODELS_DIR is honoured; default-repo hint says "--model local".
-        r = self.punie("download-model", "--list", env=self.env(PUNIE_MODELS_DIR=self.models))
+    def test_default_repo_default_dir_and_hint(self):
+        default = "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit"
+        self.hub.stop()
+        self.hub = FakeHub("--repo", "%s=%s" % (default, FIXTURE))
+        r = self.punie("download-model", "--quiet")
         self.assert_ok(r)
-        r = self.punie("download-model", "--jobs", "0")
-        self.assertEqual(r.returncode, 2)
+        where = os.path.join(self.home, ".cache", "punie", "models")
+        self.assertIn("Downloading %s..." % default, r.stdout)
+        self.assertIn(os.path.join(where, "models--mlx-community--Qwen2.5-Coder-7B-Instruct-4bit"), r.stdout)
+        self.assertRegex(r.stdout, r"punie serve --model local\n")
+        r = self.punie("download-model", "--list")
+        self.assertRegex(r.stdout, r"Qwen2.5-Coder-7B-Instruct-4bit .*yes\n")
+        self.assertRegex(r.stdout, r"Qwen2.5-Coder-3B-Instruct-4bit .*no\n")
+        # $PUNIE_MODELS_DIR is honoured, and the hint then names the folder.
+        r = self.punie("download-model", "--quiet", env=self.env(PUNIE_MODELS_DIR=self.models))
+        self.assert_ok(r)
+        self.assertIn("punie serve --model local --models-dir %s" % self.models, r.stdout)
+
+    def test_bad_options(self):
+        for args in (("--jobs", "0"), ("--jobs",), ("--frobnicate",), (REPO, "extra")):
+            r = self.punie("download-model", *args)
+            self.assertEqual(r.returncode, 2, args)
 
 
 class Auth(HubTest):
