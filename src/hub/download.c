@@ -29,7 +29,7 @@
 #define MAX_CHUNKS 4096             /* accepted from a sidecar */
 #define MAX_FILE_SIZE (1LL << 50)
 #define MAX_TREE_PAGES 10000
-#define MAX_FILES 100000
+#define MAX_FILES 10000
 
 /* What a model needs to run; everything else (README, images, .gitattributes...) is skipped. */
 static const char *default_patterns[] = {
