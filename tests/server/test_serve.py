@@ -482,6 +482,30 @@ class Api(unittest.TestCase):
         self.assertEqual(st, 200)
 
 
+class ReferenceExact(unittest.TestCase):
+    """With the portable float32 kernels the engine is exact: the API must give the reference's 48 greedy
+    tokens whatever the SIMD kernels do (streaming is checked against the whole reply in Api)."""
+
+    def test_reference_greedy_exact_scalar(self):
+        with open(os.path.join(REF, "chat-short.request.json")) as f:
+            req = json.load(f)
+        with open(os.path.join(REF, "chat-short.json")) as f:
+            ref = json.load(f)
+        want_ids = ref["greedy_masked"]
+        want_text = decode(want_ids)
+        srv = Server("--ctx-size", "128", env=clean_env(PUNIE_ISA="scalar"))
+        try:
+            body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1,
+                    "max_tokens": len(want_ids)}
+            st, out = srv.json("POST", "/v1/chat/completions", body)
+            self.assertEqual(st, 200, out)
+            self.assertEqual(out["choices"][0]["message"]["content"], want_text)
+            self.assertEqual(out["usage"]["completion_tokens"], len(want_ids))
+            self.assertEqual(out["choices"][0]["finish_reason"], "length")
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
+
 class ApiKey(unittest.TestCase):
     def test_api_key(self):
         srv = Server("--api-key", "s3cret", "--ctx-size", "128")
