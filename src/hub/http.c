@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -481,7 +482,7 @@ long hub_retry_wait_s(const hub_config *cfg, const hub_headers *h)
         char *end;
         long x = strtol(t + 2, &end, 10);
         if (end != t + 2 && x >= 0)
-            wait = x + 1;
+            wait = x < LONG_MAX ? x + 1 : x; /* strtol saturates on huge values */
     }
     if (wait < 0 && h->retry_after[0]) {
         char *end;

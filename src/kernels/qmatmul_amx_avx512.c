@@ -6,11 +6,18 @@
  * tokens; the activations are laid out once per call as B operands (16 tokens x 4 bytes per tile row).
  * Per group, 2x2 tiles give a 32-row x 32-token block of int32 results that is scaled into float
  * accumulators. */
+#ifndef __clang__
 #pragma GCC target("amx-tile,amx-int8")
+#endif
 
 #include "kernels/qmatmul_quant.h"
 
 #include <immintrin.h>
+
+#ifdef __clang__
+/* clang ignores #pragma GCC target; it takes the same features this way (popped at the end of the file). */
+#pragma clang attribute push(__attribute__((target("amx-tile,amx-int8"))), apply_to = function)
+#endif
 
 #define PR 32 /* weight rows per panel */
 
@@ -61,43 +68,48 @@ static void unpack_row(const uint8_t *src, int bits, int cols, uint8_t *dst)
     }
 }
 
-void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
+size_t amx_bytes(amx_prep *a, const qweight *w, int n_tok)
 {
-    const int cols = w->cols, G = w->group_size, groups = cols / G;
-    const int K = G < 64 ? G : 64, ksteps = cols / K, kpg = G / K;
-    const int ntb = (n_tok + 15) / 16, npad = ntb * 16;
-    const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
+    const int cols = w->cols, G = w->group_size;
+    a->K = G < 64 ? G : 64;
+    a->ksteps = cols / a->K;
+    a->kpg = G / a->K;
+    a->groups = cols / G;
+    a->ntb = (n_tok + 15) / 16;
+    return qx_align64((size_t)a->ntb * 16 * (size_t)cols) +
+           2 * qx_align64((size_t)a->ntb * (size_t)a->groups * 16 * sizeof(float));
+}
 
-    int8_t *xb = kernels_scratch(1, (size_t)npad * (size_t)cols);
-    float *dxv = kernels_scratch(2, (size_t)ntb * (size_t)groups * 16 * sizeof(float));
-    float *xsv = kernels_scratch(3, (size_t)ntb * (size_t)groups * 16 * sizeof(float));
-    uint8_t *wp = kernels_scratch(4, (size_t)PR * (size_t)cols);
-    float *sp = kernels_scratch(5, (size_t)groups * PR * 2 * sizeof(float));
-    float *acc = kernels_scratch(6, (size_t)PR * 32 * sizeof(float));
-    int32_t *ctmp = kernels_scratch(7, 2 * 4 * 256 * sizeof(int32_t));
-    if (!xb || !dxv || !xsv || !wp || !sp || !acc || !ctmp) {
-        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
-        return;
-    }
-    float *bp = sp + (size_t)groups * PR;
+void amx_assign(amx_prep *a, void *mem)
+{
+    /* the sizes below repeat amx_bytes; ksteps * K == cols */
+    const size_t cols = (size_t)a->ksteps * (size_t)a->K;
+    a->xb = mem;
+    a->dxv = (float *)((uint8_t *)mem + qx_align64((size_t)a->ntb * 16 * cols));
+    a->xsv = a->dxv + qx_align64((size_t)a->ntb * (size_t)a->groups * 16 * sizeof(float)) / sizeof(float);
+}
 
-    /* Activations: per-group int8 written straight into the B tile layout. The B tile of (token
-     * block tb, k-step s) has K/4 rows of 64 bytes; row kk holds, for each of the 16 tokens, the 4
-     * activation bytes k = s*K + 4kk .. +3. Padding tokens are zero. */
+/* Quantizes tokens [t0, t1) (t0 a multiple of 16) into the tile layout. The B tile of (token block
+ * tb, k-step s) has K/4 rows of 64 bytes; row kk holds, for each of the 16 tokens, the 4 activation
+ * bytes k = s*K + 4kk .. +3. Tokens from n_tok up to the block's end are zero. */
+void amx_fill(const amx_prep *ap, const qweight *w, const float *x, int n_tok, int t0, int t1)
+{
+    const int cols = w->cols, G = w->group_size, groups = ap->groups, K = ap->K;
+    int8_t *xb = ap->xb;
+    float *dxv = ap->dxv, *xsv = ap->xsv;
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i dword_rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112); /* in dwords */
-    if (npad > n_tok)
-        for (int tb = 0; tb < ntb; tb++)
-            if (tb * 16 + 15 >= n_tok) /* the block with padding tokens: clear it whole */
-                memset(xb + (size_t)tb * 16 * (size_t)cols, 0, (size_t)16 * (size_t)cols);
     /* Token blocks outside, groups inside: the 16 tokens of a group fill 16*G contiguous bytes of
      * tiles, which stay in L1 while they are written. */
-    for (int tb = 0; tb < ntb; tb++) {
-        const int tn = n_tok - tb * 16 < 16 ? n_tok - tb * 16 : 16;
+    for (int tb = t0 / 16; tb * 16 < t1; tb++) {
+        const int tend = t1 < n_tok ? t1 : n_tok;
+        const int tn = tend - tb * 16 < 16 ? tend - tb * 16 : 16;
+        if (tn < 16) /* the block with padding tokens: clear it whole */
+            memset(xb + (size_t)tb * 16 * (size_t)cols, 0, (size_t)16 * (size_t)cols);
         for (int g = 0; g < groups; g++) {
             float *dxg = dxv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
             float *xsg = xsv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
-            for (int n = tn; n < 16; n++)
+            for (int n = tn < 0 ? 0 : tn; n < 16; n++)
                 dxg[n] = xsg[n] = 0.0f;
             for (int n = 0; n < tn; n++) {
                 const float *xg = x + (size_t)(tb * 16 + n) * (size_t)cols + (size_t)g * (size_t)G;
@@ -122,6 +134,41 @@ void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy,
             }
         }
     }
+}
+
+void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
+{
+    amx_prep ap;
+    size_t bytes = amx_bytes(&ap, w, n_tok);
+    void *mem = kernels_scratch(1, bytes);
+    if (!mem) {
+        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
+        return;
+    }
+    amx_assign(&ap, mem);
+    amx_fill(&ap, w, x, n_tok, 0, n_tok);
+    qmatmul_amx_prepared(w, &ap, n_tok, y, ldy, r0, r1);
+}
+
+void qmatmul_amx_prepared(const qweight *w, const amx_prep *ap, int n_tok, float *y, int ldy, int r0,
+                          int r1)
+{
+    const int cols = w->cols, groups = ap->groups;
+    const int K = ap->K, ksteps = ap->ksteps, kpg = ap->kpg;
+    const int ntb = ap->ntb;
+    const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
+    const int8_t *xb = ap->xb;
+    const float *dxv = ap->dxv, *xsv = ap->xsv;
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+
+    uint8_t *wp = kernels_scratch(4, (size_t)PR * (size_t)cols);
+    float *sp = kernels_scratch(5, (size_t)groups * PR * 2 * sizeof(float));
+    float *acc = kernels_scratch(6, (size_t)PR * 32 * sizeof(float));
+    int32_t *ctmp = kernels_scratch(7, 2 * 4 * 256 * sizeof(int32_t));
+    if (!wp || !sp || !acc || !ctmp)
+        return; /* a few hundred KB at most; unreachable in practice */
+    float *bp = sp + (size_t)groups * PR;
 
     tile_config cfg;
     memset(&cfg, 0, sizeof cfg);
@@ -213,3 +260,7 @@ void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy,
     }
     _tile_release();
 }
+
+#ifdef __clang__
+#pragma clang attribute pop
+#endif

@@ -156,6 +156,17 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
 TILE_VARIANTS(4)
 TILE_VARIANTS(8)
 
+size_t qx_avx2_bytes(qx_prep *p, const qweight *w, int n_tok)
+{
+    qx_layout(p, w, CB);
+    return qx_part_bytes(p, n_tok, 0) + qx_part_bytes(p, n_tok, 1) + qx_part_bytes(p, n_tok, 2);
+}
+
+void qx_avx2_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1)
+{
+    qx_fill(p, w, x, t0, t1);
+}
+
 void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
     if (r0 >= r1 || n_tok <= 0)
@@ -165,11 +176,18 @@ void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy
         qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
         return;
     }
-    float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
-    if (!rowf) {
-        qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
+    qmatmul_avx2_prepared(w, &p, n_tok, y, ldy, r0, r1);
+}
+
+void qmatmul_avx2_prepared(const qweight *w, const qx_prep *pp, int n_tok, float *y, int ldy, int r0,
+                           int r1)
+{
+    if (r0 >= r1 || n_tok <= 0)
         return;
-    }
+    const qx_prep p = *pp;
+    float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
+    if (!rowf)
+        return; /* a few KB; unreachable in practice */
     tile_ctx k;
     k.p = &p;
     k.gshift = __builtin_ctz((unsigned)w->group_size);

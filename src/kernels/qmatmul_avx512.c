@@ -154,6 +154,17 @@ TILE_VARIANTS(8, 1)
 
 typedef void (*tile_fn)(const tile_ctx *, int, int, int, float *, int, int);
 
+size_t qx_avx512_bytes(qx_prep *p, const qweight *w, int n_tok)
+{
+    qx_layout(p, w, CB);
+    return qx_part_bytes(p, n_tok, 0) + qx_part_bytes(p, n_tok, 1) + qx_part_bytes(p, n_tok, 2);
+}
+
+void qx_avx512_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1)
+{
+    qx_fill(p, w, x, t0, t1);
+}
+
 static void run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
                 int vnni)
 {
@@ -164,9 +175,18 @@ static void run(const qweight *w, const float *x, int n_tok, float *y, int ldy, 
         qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
         return;
     }
+    qmatmul_avx512_prepared(w, &p, n_tok, y, ldy, r0, r1, vnni);
+}
+
+void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, float *y, int ldy, int r0,
+                             int r1, int vnni)
+{
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    const qx_prep p = *pp;
     float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
     if (!rowf) {
-        qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
+        /* unreachable in practice (a few KB); leave y untouched rather than guess */
         return;
     }
     tile_ctx k;

@@ -5,20 +5,6 @@
 
 #include "kernels/qmatmul_internal.h"
 
-typedef struct qx_prep {
-    int cb;          /* weight bytes per chunk (32 or 64) */
-    int lanes;       /* cb / 4 */
-    int nchunks;     /* chunks per row, the last one possibly partial */
-    int tail_bytes;  /* valid weight bytes of the last chunk (1..cb) */
-    int epc;         /* elements per chunk */
-    int groups;      /* groups per row */
-    int gstride;     /* floats per token in xs (groups rounded up, plus room for vector over-reads) */
-    size_t qstride;  /* bytes per token in qx */
-    size_t dstride;  /* floats per token in dxl */
-    int8_t *qx;
-    float *dxl;
-    float *xs;
-} qx_prep;
 
 /* The kernels' files are compiled with AVX2 (at least), so the quantizer uses 256-bit vectors. */
 #include <immintrin.h>
@@ -51,8 +37,8 @@ static inline __m256i quant32(const float *x, __m256 inv)
     return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* Quantizes n_tok rows of x for chunks of cb weight bytes. Returns -1 when scratch memory is lacking. */
-static inline int qx_prepare(qx_prep *p, const qweight *w, const float *x, int n_tok, int cb)
+/* Sizes of the layout for chunks of cb weight bytes (no memory yet). */
+static inline void qx_layout(qx_prep *p, const qweight *w, int cb)
 {
     const int bits = w->bits, G = w->group_size, cols = w->cols;
     const size_t row_bytes = (size_t)cols * (size_t)bits / 8;
@@ -65,18 +51,17 @@ static inline int qx_prepare(qx_prep *p, const qweight *w, const float *x, int n
     p->gstride = (p->groups + 15) / 16 * 16 + 16;
     p->qstride = (size_t)p->nchunks * (size_t)(bits == 4 ? 2 * cb : cb);
     p->dstride = (size_t)p->nchunks * (size_t)p->lanes;
-    size_t nt = (size_t)(n_tok > 0 ? n_tok : 1);
-    p->qx = kernels_scratch(0, nt * p->qstride + 64);
-    p->dxl = kernels_scratch(1, (nt * p->dstride + 16) * sizeof(float));
-    p->xs = kernels_scratch(2, (nt * (size_t)p->gstride + 16) * sizeof(float));
-    if (!p->qx || !p->dxl || !p->xs)
-        return -1;
+}
 
+/* Quantizes tokens [t0, t1) of x (x points at token 0) into p's buffers. */
+static inline void qx_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1)
+{
+    const int bits = w->bits, G = w->group_size, cols = w->cols, cb = p->cb;
     const int epl = p->epc / p->lanes; /* elements per lane: 8 (4-bit) or 4 (8-bit) */
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i even_odd = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                               0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    for (int t = 0; t < n_tok; t++) {
+    for (int t = t0; t < t1; t++) {
         const float *xt = x + (size_t)t * (size_t)cols;
         int8_t *q = p->qx + (size_t)t * p->qstride;
         float *xs = p->xs + (size_t)t * (size_t)p->gstride;
@@ -118,8 +103,20 @@ static inline int qx_prepare(qx_prep *p, const qweight *w, const float *x, int n
                 dl[l] = d;
         }
     }
-    return 0;
 }
 
+/* Quantizes n_tok rows of x into per-thread scratch. Returns -1 when memory is lacking. */
+static inline int qx_prepare(qx_prep *p, const qweight *w, const float *x, int n_tok, int cb)
+{
+    qx_layout(p, w, cb);
+    const size_t nt = (size_t)(n_tok > 0 ? n_tok : 1);
+    p->qx = kernels_scratch(0, nt * p->qstride + 64);
+    p->dxl = kernels_scratch(1, (nt * p->dstride + 16) * sizeof(float));
+    p->xs = kernels_scratch(2, (nt * (size_t)p->gstride + 16) * sizeof(float));
+    if (!p->qx || !p->dxl || !p->xs)
+        return -1;
+    qx_fill(p, w, x, 0, n_tok);
+    return 0;
+}
 
 #endif

@@ -144,7 +144,7 @@ static int shape_err(const st_tensor *t, const char *expect, perr *err)
         snprintf(got + l, sizeof got - l, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
     }
     strncat(got, "]", sizeof got - strlen(got) - 1);
-    return perr_set(err, "%s: tensor %s has shape %s %s, expected %s", t->file, t->name, t->dtype < 15 ? st_dtype_name(t->dtype) : "?", got, expect);
+    return perr_set(err, "%s: tensor %s has shape %s, expected %s", t->file, t->name, got, expect);
 }
 
 /* A float vector [n] (norm weight or Linear bias), converted to f32 (small). */

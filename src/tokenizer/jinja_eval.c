@@ -150,7 +150,8 @@ static int find_name(const char *const *list, const char *name, size_t len)
 static jv method_of(ev *e, jv obj, const char *name, size_t len, bool *found)
 {
     const char *const *list = obj.k == JV_DICT && !obj.u.d->is_namespace ? DICT_METHODS
-                            : obj.k == JV_STR ? STR_METHODS : obj.k == JV_LIST ? LIST_METHODS : NULL;
+                            : obj.k == JV_STR ? STR_METHODS
+                            : obj.k == JV_LIST && obj.u.l->kind <= JL_TUPLE ? LIST_METHODS : NULL;
     int i = list ? find_name(list, name, len) : -1;
     *found = i >= 0;
     if (i < 0)
@@ -207,7 +208,7 @@ static jv get_item(ev *e, jv obj, jv key, int line)
             return v;
         break;
     case JV_LIST:
-        if (as_index(key, &i)) {
+        if (obj.u.l->kind <= JL_TUPLE && as_index(key, &i)) {
             int64_t n = (int64_t)obj.u.l->n;
             if (i < 0)
                 i += n;
@@ -293,10 +294,11 @@ static jv do_slice(ev *e, jv obj, jv a, jv b, jv st, int line)
 {
     if (obj.k == JV_UNDEF)
         fail_undefined(e, obj, line);
-    if (obj.k == JV_LIST) {
+    if (obj.k == JV_LIST && obj.u.l->kind <= JL_TUPLE) {
         int64_t start, stop, stp;
         slice_indices(e, a, b, st, (int64_t)obj.u.l->n, &start, &stop, &stp, line);
         jv out = jv_list_new(C, 0);
+        out.u.l->kind = obj.u.l->kind;
         for (int64_t i = start; stp > 0 ? i < stop : i > stop; i += stp)
             jv_list_push(C, out, obj.u.l->items[i]);
         return out;
@@ -400,6 +402,7 @@ static jv repeat(ev *e, jv seq, int64_t times, int line)
         return jbuf_value(C, &b);
     }
     jv out = jv_list_new(C, 0);
+    out.u.l->kind = seq.u.l->kind;
     for (int64_t i = 0; i < times; i++)
         for (size_t k = 0; k < seq.u.l->n; k++)
             jv_list_push(C, out, seq.u.l->items[k]);
@@ -422,8 +425,9 @@ static jv binop(ev *e, int op, jv a, jv b, int line)
             jbuf_put(C, &buf, b.u.s.p, b.u.s.n);
             return jbuf_value(C, &buf);
         }
-        if (a.k == JV_LIST && b.k == JV_LIST) {
+        if (a.k == JV_LIST && b.k == JV_LIST && a.u.l->kind == b.u.l->kind && a.u.l->kind <= JL_TUPLE) {
             jv out = jv_list_new(C, a.u.l->n + b.u.l->n);
+            out.u.l->kind = a.u.l->kind;
             for (size_t i = 0; i < a.u.l->n; i++)
                 jv_list_push(C, out, a.u.l->items[i]);
             for (size_t i = 0; i < b.u.l->n; i++)
@@ -432,9 +436,9 @@ static jv binop(ev *e, int op, jv a, jv b, int line)
         }
     }
     if (op == OP_MUL) {
-        if ((a.k == JV_STR || a.k == JV_LIST) && (b.k == JV_INT || b.k == JV_BOOL))
+        if ((a.k == JV_STR || (a.k == JV_LIST && a.u.l->kind <= JL_TUPLE)) && (b.k == JV_INT || b.k == JV_BOOL))
             return repeat(e, a, num_i(b), line);
-        if ((b.k == JV_STR || b.k == JV_LIST) && (a.k == JV_INT || a.k == JV_BOOL))
+        if ((b.k == JV_STR || (b.k == JV_LIST && b.u.l->kind <= JL_TUPLE)) && (a.k == JV_INT || a.k == JV_BOOL))
             return repeat(e, b, num_i(a), line);
     }
     if (op == OP_MOD && a.k == JV_STR)
@@ -534,7 +538,7 @@ static int compare_order(ev *e, jv a, jv b, const char *op, int line)
             return r < 0 ? -1 : 1;
         return a.u.s.n < b.u.s.n ? -1 : a.u.s.n > b.u.s.n;
     }
-    if (a.k == JV_LIST && b.k == JV_LIST) {
+    if (a.k == JV_LIST && b.k == JV_LIST && a.u.l->kind == b.u.l->kind && a.u.l->kind <= JL_TUPLE) {
         size_t n = a.u.l->n < b.u.l->n ? a.u.l->n : b.u.l->n;
         for (size_t i = 0; i < n; i++) {
             if (!jv_equal(a.u.l->items[i], b.u.l->items[i]))
@@ -567,6 +571,8 @@ static bool contains(ev *e, jv container, jv item, int line)
         return false;
     case JV_DICT: {
         jv v;
+        if (item.k == JV_LIST || item.k == JV_DICT)
+            jinja_fail(C, "line %d: unhashable type: '%s'", line, jv_type_name(item));
         return jv_dict_get(container, item, &v);
     }
     case JV_UNDEF: return false;
@@ -883,6 +889,7 @@ static jv call_method(ev *e, jfunc *fn, const args *a)
         check_args(e, a, 0, NULL);
         if (!strcmp(m, "keys") || !strcmp(m, "values") || !strcmp(m, "items")) {
             jv out = jv_list_new(C, self.u.d->n);
+            out.u.l->kind = m[0] == 'k' ? JL_KEYS : m[0] == 'v' ? JL_VALUES : JL_ITEMS;
             for (size_t i = 0; i < self.u.d->n; i++) {
                 if (m[0] == 'k') {
                     jv_list_push(C, out, self.u.d->keys[i]);
@@ -890,7 +897,7 @@ static jv call_method(ev *e, jfunc *fn, const args *a)
                     jv_list_push(C, out, self.u.d->vals[i]);
                 } else {
                     jv pair = jv_list_new(C, 2);
-                    pair.u.l->is_tuple = true;
+                    pair.u.l->kind = JL_TUPLE;
                     jv_list_push(C, pair, self.u.d->keys[i]);
                     jv_list_push(C, pair, self.u.d->vals[i]);
                     jv_list_push(C, out, pair);
@@ -1334,6 +1341,10 @@ static jv filter_indent(ev *e, jv v, const args *a)
             jinja_fail(C, "line %d: indent width too large", a->line);
         ind = repeat(e, jv_strn(" ", 1), w, a->line);
     }
+    if (v.k != JV_STR) {
+        check_defined(e, v, a->line);
+        jinja_fail(C, "line %d: indent filter needs a string, not %s", a->line, jv_type_name(v));
+    }
     jbuf src = {0};
     jv_write_str(C, &src, v);
     jbuf_putc(C, &src, '\n');
@@ -1355,7 +1366,8 @@ static jv filter_indent(ev *e, jv v, const args *a)
 
 static jv filter_select(ev *e, jv seq, const args *a, bool by_attr, bool keep)
 {
-    jv items = iter_list(e, seq, a->line);
+    /* Jinja only iterates a truthy value here: select on 0 or none gives nothing. */
+    jv items = jv_truthy(seq) ? iter_list(e, seq, a->line) : jv_list_new(C, 0);
     jv out = jv_list_new(C, 0);
     size_t first_test = by_attr ? 1 : 0;
     if (by_attr && a->npos < 1)
@@ -1373,12 +1385,13 @@ static jv filter_select(ev *e, jv seq, const args *a, bool by_attr, bool keep)
         if (r == keep)
             jv_list_push(C, out, item);
     }
+    out.u.l->kind = JL_GENERATOR;
     return out;
 }
 
 static jv filter_map(ev *e, scope *s, jv seq, const args *a)
 {
-    jv items = iter_list(e, seq, a->line);
+    jv items = jv_truthy(seq) ? iter_list(e, seq, a->line) : jv_list_new(C, 0);
     jv out = jv_list_new(C, items.u.l->n);
     jv attribute = arg(e, a, 99, "attribute", jv_undef(NULL));
     if (attribute.k != JV_UNDEF) {
@@ -1387,6 +1400,7 @@ static jv filter_map(ev *e, scope *s, jv seq, const args *a)
             jv v = attr_path(e, items.u.l->items[i], attribute, a->line);
             jv_list_push(C, out, v.k == JV_UNDEF && def.k != JV_UNDEF ? def : v);
         }
+        out.u.l->kind = JL_GENERATOR;
         return out;
     }
     if (a->npos < 1)
@@ -1395,6 +1409,7 @@ static jv filter_map(ev *e, scope *s, jv seq, const args *a)
     for (size_t i = 0; i < items.u.l->n; i++)
         jv_list_push(C, out, apply_filter(e, s, cstr(e, fname), items.u.l->items[i], a->pos + 1, a->npos - 1, a->kwn,
                                           a->kwv, a->nkw, a->line));
+    out.u.l->kind = JL_GENERATOR;
     return out;
 }
 
@@ -1470,7 +1485,7 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
         return filter_tojson(e, v, &a);
     if (!strcmp(f, "safe")) {
         check_args(e, &a, 0, NULL);
-        return v;
+        return jv_to_str(C, v); /* Markup(value) is a string */
     }
     if (!strcmp(f, "string")) {
         check_args(e, &a, 0, NULL);
@@ -1513,7 +1528,10 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
         check_args(e, &a, 0, NULL);
         switch (v.k) {
         case JV_STR: return jv_int((int64_t)utf8_count(v.u.s.p, v.u.s.n));
-        case JV_LIST: return jv_int((int64_t)v.u.l->n);
+        case JV_LIST:
+            if (v.u.l->kind == JL_GENERATOR)
+                jinja_fail(C, "line %d: object of type 'generator' has no len() (apply | list first)", line);
+            return jv_int((int64_t)v.u.l->n);
         case JV_DICT: return jv_int((int64_t)v.u.d->n);
         case JV_UNDEF: return jv_int(0);
         default: jinja_fail(C, "line %d: object of type '%s' has no len()", line, jv_type_name(v));
@@ -1553,7 +1571,9 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
             jinja_fail(C, "line %d: items filter: can only get item pairs from a mapping, not %s", line,
                        jv_type_name(v));
         jfunc fn = {.kind = JF_METHOD, .name = "items", .self = v};
-        return call_method(e, &fn, &a);
+        jv out = call_method(e, &fn, &a);
+        out.u.l->kind = JL_GENERATOR;
+        return out;
     }
     if (!strcmp(f, "list")) {
         check_args(e, &a, 0, NULL);
@@ -1568,6 +1588,8 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
     if (!strcmp(f, "first") || !strcmp(f, "last")) {
         check_args(e, &a, 0, NULL);
         jv items = iter_list(e, v, line);
+        if (f[0] == 'l' && items.u.l->kind == JL_GENERATOR)
+            jinja_fail(C, "line %d: 'generator' object is not reversible (apply | list before | last)", line);
         if (items.u.l->n == 0)
             return undef_msg(e, "No %s item, sequence was empty.%s", f, "");
         return items.u.l->items[f[0] == 'f' ? 0 : items.u.l->n - 1];
@@ -1582,6 +1604,9 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
         jv out = jv_list_new(C, items.u.l->n);
         for (size_t i = items.u.l->n; i-- > 0;)
             jv_list_push(C, out, items.u.l->items[i]);
+        /* reversed() of a list or view is an iterator; a generator is first made a list. */
+        if (v.k != JV_LIST || v.u.l->kind != JL_GENERATOR)
+            out.u.l->kind = JL_GENERATOR;
         return out;
     }
     if (!strcmp(f, "sort")) {
@@ -1668,6 +1693,7 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
             jv_dict_set(C, seen, k, jv_none());
             jv_list_push(C, out, items.u.l->items[i]);
         }
+        out.u.l->kind = JL_GENERATOR;
         return out;
     }
     if (!strcmp(f, "int")) {
@@ -1679,6 +1705,7 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
             jinja_fail(C, "line %d: unsupported construct: int filter with base other than 10", line);
         int64_t i;
         double d;
+        check_defined(e, v, line); /* Undefined.__int__ raises */
         if (v.k == JV_INT || v.k == JV_BOOL)
             return jv_int(num_i(v));
         if (v.k == JV_FLOAT) {
@@ -1703,6 +1730,7 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
         check_args(e, &a, 1, kw);
         jv def = arg(e, &a, 0, "default", jv_float(0.0));
         double d;
+        check_defined(e, v, line); /* Undefined.__float__ raises */
         if (is_num(v))
             return jv_float(num_f(v));
         if (v.k == JV_STR && parse_py_float(e, v, &d))
@@ -1760,8 +1788,21 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
     }
     if (!strcmp(f, "wordcount")) {
         check_args(e, &a, 0, NULL);
-        jv words = str_split(e, jv_to_str(C, v), jv_none(), -1, line);
-        return jv_int((int64_t)words.u.l->n);
+        /* Runs of word characters, like Python's \w+. */
+        jv str = jv_to_str(C, v);
+        int64_t words = 0;
+        bool in_word = false;
+        size_t o = 0;
+        uint32_t cp;
+        while (o < str.u.s.n) {
+            o += utf8_next(str.u.s.p + o, str.u.s.n - o, &cp);
+            bool w = cp == '_' || (cp >= '0' && cp <= '9') || is_alpha_cp(e, cp)
+                  || (cp >= 0x80 && e->utf8 != (locale_t)0 && iswalnum_l((wint_t)cp, e->utf8));
+            if (w && !in_word)
+                words++;
+            in_word = w;
+        }
+        return jv_int(words);
     }
     jinja_fail(C, "line %d: unsupported filter '%s'", line, f);
 }
@@ -1796,16 +1837,14 @@ static bool apply_test(ev *e, const char *t, jv v, jv *args, size_t nargs, int l
     if (!strcmp(t, "iterable"))
         return v.k == JV_STR || v.k == JV_LIST || v.k == JV_UNDEF || (v.k == JV_DICT && !v.u.d->is_namespace);
     if (!strcmp(t, "sequence"))
-        return v.k == JV_STR || v.k == JV_LIST || v.k == JV_UNDEF || (v.k == JV_DICT && !v.u.d->is_namespace);
+        return v.k == JV_STR || (v.k == JV_LIST && v.u.l->kind <= JL_TUPLE) || v.k == JV_UNDEF
+            || (v.k == JV_DICT && !v.u.d->is_namespace);
     if (!strcmp(t, "callable"))
         return v.k == JV_FUNC;
     if (!strcmp(t, "odd") || !strcmp(t, "even")) {
-        if (v.k != JV_INT && v.k != JV_BOOL) {
-            check_defined(e, v, line);
-            jinja_fail(C, "line %d: test '%s' needs an integer, not %s", line, t, jv_type_name(v));
-        }
-        int64_t i = num_i(v);
-        return ((i % 2) != 0) == (t[0] == 'o');
+        /* value % 2 == 1 (odd) or == 0 (even), floats included. */
+        jv r = binop(e, OP_MOD, v, jv_int(2), line);
+        return jv_equal(r, jv_int(t[0] == 'o' ? 1 : 0));
     }
     if (!strcmp(t, "divisibleby")) {
         jv r = binop(e, OP_MOD, v, x, line);
@@ -1868,7 +1907,7 @@ static jv eval(ev *e, scope *s, const jnode *n)
     case N_NAME: r = lookup(e, s, n->name, n->name_len); break;
     case N_LIST:
         r = jv_list_new(C, n->args.n);
-        r.u.l->is_tuple = n->op == 1;
+        r.u.l->kind = n->op == 1 ? JL_TUPLE : JL_LIST;
         for (size_t i = 0; i < n->args.n; i++)
             jv_list_push(C, r, eval(e, s, n->args.v[i]));
         break;

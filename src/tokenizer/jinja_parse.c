@@ -797,8 +797,11 @@ static jnode *parse_filter_expr(parser *P, jnode *n)
             if (is_op(u, "(")) {
                 parse_args(P, f);
             } else if ((u->k == T_NAME || u->k == T_STRING || u->k == T_INT || u->k == T_FLOAT || is_op(u, "[")
-                        || is_op(u, "{")) && !is_name(u, "else") && !is_name(u, "or") && !is_name(u, "and")
-                       && !is_name(u, "if")) {
+                        || is_op(u, "{")) && !is_name(u, "else") && !is_name(u, "or") && !is_name(u, "and")) {
+                /* As in Jinja, any other name here is the test's argument (so `x is none if c`
+                 * is a syntax error there too). */
+                if (is_name(u, "is"))
+                    jinja_fail(P->c, "line %d: you cannot chain multiple tests with 'is'", u->line);
                 jnode *arg = parse_postfix(P, parse_primary(P));
                 push(P, &f->args, arg);
             }

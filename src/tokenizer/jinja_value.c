@@ -51,7 +51,7 @@ void jarena_free(jarena *a)
     a->used_total = 0;
 }
 
-void *jalloc(jctx *c, size_t n)
+static void *jalloc_raw(jctx *c, size_t n)
 {
     jarena *a = c->arena;
     n = (n + 15) & ~(size_t)15;
@@ -79,13 +79,19 @@ void *jalloc(jctx *c, size_t n)
     void *p = b->data + b->used;
     b->used += n;
     a->used_total += n;
+    return p;
+}
+
+void *jalloc(jctx *c, size_t n)
+{
+    void *p = jalloc_raw(c, n);
     memset(p, 0, n);
     return p;
 }
 
 char *jstrdup(jctx *c, const char *s, size_t n)
 {
-    char *p = jalloc(c, n + 1);
+    char *p = jalloc_raw(c, n + 1);
     if (n)
         memcpy(p, s, n);
     p[n] = 0;
@@ -191,9 +197,28 @@ jv jv_list_new(jctx *c, size_t cap_hint)
     return v;
 }
 
+static int value_depth(jv v)
+{
+    if (v.k == JV_LIST)
+        return v.u.l->depth;
+    if (v.k == JV_DICT && !v.u.d->is_namespace)
+        return v.u.d->depth;
+    return 0;
+}
+
+static void note_child(jctx *c, int *depth, jv child)
+{
+    int d = value_depth(child) + 1;
+    if (d > JINJA_MAX_DEPTH)
+        jinja_fail(c, "value nested deeper than %d levels", JINJA_MAX_DEPTH);
+    if (d > *depth)
+        *depth = d;
+}
+
 void jv_list_push(jctx *c, jv list, jv item)
 {
     jlist *l = list.u.l;
+    note_child(c, &l->depth, item);
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 8;
         jv *items = jalloc(c, cap * sizeof(jv));
@@ -274,6 +299,10 @@ void jv_dict_set(jctx *c, jv dict, jv key, jv val)
 {
     jdict *d = dict.u.d;
     size_t at;
+    if (!d->is_namespace) {
+        note_child(c, &d->depth, key);
+        note_child(c, &d->depth, val);
+    }
     if (dict_find(d, key, &at)) {
         d->vals[at] = val;
         return;
@@ -308,6 +337,8 @@ void jv_dict_set_str(jctx *c, jv dict, const char *key, jv val)
 {
     size_t at;
     if (dict_find(dict.u.d, jv_strn(key, strlen(key)), &at)) {
+        if (!dict.u.d->is_namespace)
+            note_child(c, &dict.u.d->depth, val);
         dict.u.d->vals[at] = val; /* no key copy when replacing (loop variables) */
         return;
     }
@@ -337,7 +368,10 @@ const char *jv_type_name(jv v)
     case JV_INT: return "int";
     case JV_FLOAT: return "float";
     case JV_STR: return "str";
-    case JV_LIST: return "list";
+    case JV_LIST: {
+        static const char *const names[] = {"list", "tuple", "generator", "dict_keys", "dict_values", "dict_items"};
+        return names[v.u.l->kind];
+    }
     case JV_DICT: return v.u.d->is_namespace ? "Namespace" : "dict";
     case JV_FUNC: return v.u.fn->kind == JF_MACRO ? "Macro" : "function";
     }
@@ -353,7 +387,7 @@ bool jv_truthy(jv v)
     case JV_INT: return v.u.i != 0;
     case JV_FLOAT: return v.u.f != 0.0;
     case JV_STR: return v.u.s.n != 0;
-    case JV_LIST: return v.u.l->n != 0;
+    case JV_LIST: return v.u.l->kind == JL_GENERATOR || v.u.l->n != 0; /* a generator is always true */
     case JV_DICT: return v.u.d->is_namespace || v.u.d->n != 0;
     case JV_FUNC: return true;
     }
@@ -383,7 +417,10 @@ bool jv_equal(jv a, jv b)
     case JV_NONE: return true;
     case JV_STR: return a.u.s.n == b.u.s.n && (a.u.s.n == 0 || memcmp(a.u.s.p, b.u.s.p, a.u.s.n) == 0);
     case JV_LIST:
-        if (a.u.l->n != b.u.l->n || a.u.l->is_tuple != b.u.l->is_tuple)
+        if (a.u.l == b.u.l)
+            return true;
+        if (a.u.l->n != b.u.l->n || a.u.l->kind != b.u.l->kind || a.u.l->kind == JL_GENERATOR
+            || a.u.l->kind == JL_VALUES)
             return false;
         for (size_t i = 0; i < a.u.l->n; i++)
             if (!jv_equal(a.u.l->items[i], b.u.l->items[i]))
@@ -417,7 +454,7 @@ void jbuf_put(jctx *c, jbuf *b, const char *s, size_t n)
         size_t cap = b->cap ? b->cap : 64;
         while (cap < b->n + n + 1)
             cap *= 2;
-        char *p = jalloc(c, cap);
+        char *p = jalloc_raw(c, cap); /* text buffers need no zeroing */
         if (b->n)
             memcpy(p, b->p, b->n);
         b->p = p;
@@ -593,17 +630,29 @@ void jv_write_repr(jctx *c, jbuf *b, jv v, int depth)
     case JV_INT: write_int(c, b, v.u.i); return;
     case JV_FLOAT: write_float(c, b, v.u.f); return;
     case JV_STR: write_str_repr(c, b, v.u.s.p, v.u.s.n); return;
-    case JV_LIST:
-        jbuf_putc(c, b, v.u.l->is_tuple ? '(' : '[');
+    case JV_LIST: {
+        jlist_kind kind = v.u.l->kind;
+        if (kind == JL_GENERATOR)
+            jinja_fail(c, "unsupported construct: printing a generator (Jinja would print its address; "
+                          "apply | list first)");
+        bool tuple = kind == JL_TUPLE;
+        if (kind >= JL_KEYS) {
+            jbuf_puts(c, b, jv_type_name(v));
+            jbuf_putc(c, b, '(');
+        }
+        jbuf_putc(c, b, tuple ? '(' : '[');
         for (size_t i = 0; i < v.u.l->n; i++) {
             if (i)
                 jbuf_put(c, b, ", ", 2);
             jv_write_repr(c, b, v.u.l->items[i], depth + 1);
         }
-        if (v.u.l->is_tuple && v.u.l->n == 1)
+        if (tuple && v.u.l->n == 1)
             jbuf_putc(c, b, ',');
-        jbuf_putc(c, b, v.u.l->is_tuple ? ')' : ']');
+        jbuf_putc(c, b, tuple ? ')' : ']');
+        if (kind >= JL_KEYS)
+            jbuf_putc(c, b, ')');
         return;
+    }
     case JV_DICT:
         if (v.u.d->is_namespace) {
             jbuf_puts(c, b, "<Namespace {");
@@ -620,10 +669,8 @@ void jv_write_repr(jctx *c, jbuf *b, jv v, int depth)
         jbuf_puts(c, b, v.u.d->is_namespace ? "}>" : "}");
         return;
     case JV_FUNC:
-        jbuf_puts(c, b, "<function ");
-        jbuf_puts(c, b, v.u.fn->name ? v.u.fn->name : "?");
-        jbuf_putc(c, b, '>');
-        return;
+        jinja_fail(c, "unsupported construct: printing %s '%s' (Jinja would print its address)",
+                   v.u.fn->kind == JF_MACRO ? "macro" : "function", v.u.fn->name ? v.u.fn->name : "?");
     }
 }
 
@@ -731,6 +778,8 @@ void jv_write_json(jctx *c, jbuf *b, jv v, const jjson_opts *o, int depth)
         return;
     case JV_STR: write_json_str(c, b, v.u.s.p, v.u.s.n, o->ensure_ascii); return;
     case JV_LIST:
+        if (v.u.l->kind != JL_LIST && v.u.l->kind != JL_TUPLE)
+            jinja_fail(c, "tojson: Object of type %s is not JSON serializable", jv_type_name(v));
         if (v.u.l->n == 0) {
             jbuf_put(c, b, "[]", 2);
             return;

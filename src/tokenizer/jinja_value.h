@@ -73,10 +73,16 @@ typedef struct jv {
     } u;
 } jv;
 
+/* What Python type a list value stands for. Filters such as map/select return generators and
+ * dict.items() returns a view; they iterate like lists but print, index, test and serialise
+ * differently, which matters for byte-exact output. */
+typedef enum { JL_LIST, JL_TUPLE, JL_GENERATOR, JL_KEYS, JL_VALUES, JL_ITEMS } jlist_kind;
+
 struct jlist {
     jv *items;
     size_t n, cap;
-    bool is_tuple; /* prints as (a, b); never equal to a list */
+    jlist_kind kind;
+    int depth; /* nesting below this list, bounded so that equality and ordering cannot recurse deeply */
 };
 
 struct jdict {
@@ -85,6 +91,7 @@ struct jdict {
     size_t n, cap;
     uint32_t *index; /* hash index for bigger dicts, or NULL */
     size_t index_cap;
+    int depth;         /* as for lists (namespaces, compared by identity, do not count) */
     bool is_namespace; /* namespace() objects accept `set ns.attr = ...` */
 };
 

@@ -1,6 +1,7 @@
 /* Chat template tests: the Qwen2.5 template on the shared goldens, Jinja semantics cases whose
  * expected output comes from Jinja2 configured like Hugging Face transformers (jinja_cases.json,
  * see gen_cases.py), request normalisation, and limits on hostile templates and inputs. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -337,6 +338,9 @@ static void test_limits(void)
     expect_error("{% set ns = namespace(s='x') %}{% for i in range(100000) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
                  "{}", "", "exponential string growth");
     expect_error("{{ 'x' * 100000000000 }}", "{}", "too large", "huge repetition");
+    expect_error("{% set ns = namespace(a=[], b=[]) %}{% for i in range(5000) %}{% set ns.a = [ns.a] %}"
+                 "{% set ns.b = [ns.b] %}{% endfor %}{{ ns.a == ns.b }}",
+                 "{}", "nested deeper", "deeply nested values built by the template");
 
     /* Value nesting from JSON input. */
     char *deep_json = repeat_str("[", 600, "1", "]");
@@ -382,6 +386,57 @@ static void test_truncated_templates(void)
     free(src);
 }
 
+/* Random token soup from a fixed-seed generator: every template compiles or fails with a message,
+ * and every compiled one renders or fails with a message (run under PUNIE_SANITIZE to catch memory
+ * errors). */
+static void test_token_soup(void)
+{
+    static const char *const toks[] = {
+        "{{", "}}", "{%", "%}", "{#", "#}", "-", "+", " ", "\n", "if", "elif", "else", "endif", "for", "in",
+        "endfor", "set", "=", "macro", "endmacro", "(", ")", "[", "]", "{", "}", ":", ",", ".", "|", "is", "not",
+        "and", "or", "x", "m", "messages", "tools", "loop", "'a'", "\"b\\n\"", "'", "\"", "\\", "1", "-1",
+        "2.5", "tojson", "trim", "length", "default", "join", "items", "map", "selectattr", "namespace", "ns",
+        "raise_exception", "range", "break", "continue", "raw", "endraw", "upper", "~", "*", "//", "%", "**",
+        "==", "<", "none", "true", "defined", "[::-1]", "[1:]", "\xc3\xa9", "\xff", "content", "role"};
+    const size_t ntoks = sizeof toks / sizeof *toks;
+    cJSON *msgs = cJSON_Parse("[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":null,"
+                              "\"tool_calls\":[{\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"}}]}]");
+    uint64_t state = 12345;
+    char tpl[2048];
+    int compiled = 0, rendered = 0;
+    for (int i = 0; i < 4000; i++) {
+        size_t len = 0;
+        int mode = i % 3;
+        const char *head = mode == 0 ? "{{ " : mode == 1 ? "{% for x in " : "";
+        len += (size_t)snprintf(tpl, sizeof tpl, "%s", head);
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        int count = 1 + (int)((state >> 33) % 40);
+        for (int k = 0; k < count; k++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            const char *tok = toks[(state >> 33) % ntoks];
+            len += (size_t)snprintf(tpl + len, sizeof tpl - len, "%s ", tok);
+        }
+        snprintf(tpl + len, sizeof tpl - len, "%s", mode == 0 ? " }}" : mode == 1 ? " %}[{{ x }}]{% endfor %}" : "");
+        chat_template *t;
+        perr err = {0};
+        if (chat_template_compile(tpl, &t, &err) != 0) {
+            CHECK(err.msg[0] != 0, "soup %d: compile error without message", i);
+            continue;
+        }
+        compiled++;
+        char *out = NULL;
+        size_t olen;
+        if (chat_template_render(t, msgs, NULL, true, NULL, &out, &olen, &err) == 0)
+            rendered++;
+        else
+            CHECK(err.msg[0] != 0, "soup %d: render error without message", i);
+        free(out);
+        chat_template_free(t);
+    }
+    CHECK(compiled > 100 && rendered > 100, "soup exercised too little: %d compiled, %d rendered", compiled, rendered);
+    cJSON_Delete(msgs);
+}
+
 int main(void)
 {
     test_goldens();
@@ -390,6 +445,7 @@ int main(void)
     test_message_normalisation();
     test_limits();
     test_truncated_templates();
+    test_token_soup();
     printf("%d checks, %d failures\n", checks, failures);
     return failures ? 1 : 0;
 }
