@@ -173,6 +173,21 @@ class StartUp(unittest.TestCase):
             self.assertEqual(r.returncode, 1)
             self.assertIn("not a complete model folder", r.stderr)
 
+    def test_unsupported_model(self):
+        with tempfile.TemporaryDirectory() as d:
+            for name in os.listdir(MODEL):
+                if name != "config.json":
+                    os.symlink(os.path.join(MODEL, name), os.path.join(d, name))
+            with open(os.path.join(MODEL, "config.json")) as f:
+                cfg = json.load(f)
+            cfg["num_hidden_layers"] = 3  # the weights hold 2 layers
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(cfg, f)
+            r = self.run_serve("--model", d, "--port", "0", "--threads", "2")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("Error: cannot load model", r.stderr)
+            self.assertNotIn("started", r.stdout)
+
     def test_port_in_use(self):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
