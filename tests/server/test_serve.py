@@ -480,6 +480,18 @@ class Api(unittest.TestCase):
             self.assertTrue(u["completion_tokens"] == 12 or body["choices"][0]["finish_reason"] == "stop", body)
         self.assertEqual(len({b["id"] for _, b in results}), 5)
 
+    def test_long_prompt_keepalive(self):
+        # A prompt of several chunks: the stream says it is alive while the prompt is read.
+        c = self.srv.conn()
+        c.request("POST", "/v1/chat/completions", body=json.dumps(chat("word " * 1200, stream=True, max_tokens=2)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        raw = r.read().decode()
+        c.close()
+        self.assertEqual(r.status, 200)
+        self.assertRegex(raw, r": keepalive \d+/12\d\d\n\n")
+        self.assertTrue(raw.endswith("data: [DONE]\n\n"))
+
     def test_client_disconnect_mid_stream(self):
         c = socket.create_connection(("127.0.0.1", self.srv.port), timeout=30)
         body = json.dumps(chat("Write a long story", stream=True, max_tokens=3000)).encode()
