@@ -22,11 +22,14 @@
 #include "util/fs.h"
 #include "util/progress.h"
 
-#define MAX_CHUNKS 32
-#define CHUNK_MIN (16LL << 20)      /* files below 2x this are fetched in one piece */
+/* Big files are cut into blocks that the workers take in order, so several connections fill one file
+ * while the written prefix (which the hash follows) keeps advancing. */
+#define BLOCK_SIZE (32LL << 20)
+#define MAX_BLOCKS 1024
+#define MAX_CHUNKS 4096             /* accepted from a sidecar */
 #define MAX_FILE_SIZE (1LL << 50)
 #define MAX_TREE_PAGES 10000
-#define MAX_FILES 100000
+#define MAX_FILES 10000
 
 /* What a model needs to run; everything else (README, images, .gitattributes...) is skipped. */
 static const char *default_patterns[] = {
@@ -52,12 +55,14 @@ typedef struct dfile {
     int fd, lock_fd;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    chunk chunks[MAX_CHUNKS];
+    chunk *chunks;
     int nchunks, chunks_left;
     /* hashing follows the contiguous written prefix in its own thread */
     pthread_t hasher;
-    bool hasher_running, hash_stop, hash_done, hash_failed;
+    bool hasher_running, hash_stop, hash_done, hash_failed, hashing, hasher_waiting;
     long long hashed;
+    int front;                /* first chunk not yet complete */
+    blob_hasher hash;
     char digest[72];
     double last_sidecar;
     bool needs_download;
@@ -170,6 +175,18 @@ static void fail(dl *d, const perr *e)
 static void push(dl *d, task t, bool front)
 {
     pthread_mutex_lock(&d->mu);
+    if (d->qlen == d->qcap) {
+        int ncap = d->qcap ? d->qcap * 2 : 64;
+        task *nq = malloc((size_t)ncap * sizeof *nq);
+        if (nq) {
+            for (int i = 0; i < d->qlen; i++)
+                nq[i] = d->q[(d->qhead + i) % d->qcap];
+            free(d->q);
+            d->q = nq;
+            d->qcap = ncap;
+            d->qhead = 0;
+        }
+    }
     if (d->qlen < d->qcap) {
         if (front) {
             d->qhead = (d->qhead + d->qcap - 1) % d->qcap;
@@ -205,24 +222,37 @@ static int write_small_atomic(const char *path, const char *data, size_t len)
 /* Caller holds f->mu. */
 static void save_sidecar(dfile *f)
 {
-    char buf[64 + MAX_CHUNKS * 64];
-    int n = snprintf(buf, sizeof buf, "punie-partial 1 %lld %d\n", f->size, f->nchunks);
+    size_t cap = 64 + (size_t)f->nchunks * 64;
+    char *buf = malloc(cap);
+    if (!buf)
+        return;
+    int n = snprintf(buf, cap, "punie-partial 1 %lld %d\n", f->size, f->nchunks);
     for (int i = 0; i < f->nchunks; i++)
-        n += snprintf(buf + n, sizeof buf - (size_t)n, "%lld %lld %lld\n", f->chunks[i].start, f->chunks[i].end,
+        n += snprintf(buf + n, cap - (size_t)n, "%lld %lld %lld\n", f->chunks[i].start, f->chunks[i].end,
                       f->chunks[i].done);
     write_small_atomic(f->sidecar, buf, (size_t)n);
+    free(buf);
     f->last_sidecar = now_s();
+}
+
+static bool alloc_chunks(dfile *f, int n)
+{
+    chunk *c = realloc(f->chunks, (size_t)n * sizeof *c);
+    if (!c)
+        return false;
+    f->chunks = c;
+    return true;
 }
 
 static bool load_sidecar(dfile *f)
 {
     char *text = NULL;
-    if (read_file(f->sidecar, 1 << 16, &text, NULL, NULL) != 0)
+    if (read_file(f->sidecar, 1 << 20, &text, NULL, NULL) != 0)
         return false;
     long long size = -1;
     int n = 0, off = 0;
     bool ok = sscanf(text, "punie-partial 1 %lld %d\n%n", &size, &n, &off) == 2 && off > 0 && size == f->size &&
-              n >= 1 && n <= MAX_CHUNKS;
+              n >= 1 && n <= MAX_CHUNKS && alloc_chunks(f, n);
     const char *p = text + off;
     long long expect = 0;
     for (int i = 0; ok && i < n; i++) {
@@ -243,21 +273,18 @@ static bool load_sidecar(dfile *f)
     return true;
 }
 
-static void plan_chunks(dfile *f, int jobs)
+static bool plan_chunks(dfile *f)
 {
-    int n = 1;
-    if (f->size >= 2 * CHUNK_MIN) {
-        long long by_size = f->size / CHUNK_MIN;
-        n = jobs < by_size ? jobs : (int)by_size;
-        if (n > MAX_CHUNKS)
-            n = MAX_CHUNKS;
-        if (n < 1)
-            n = 1;
-    }
-    long long per = f->size / n;
+    long long block = BLOCK_SIZE;
+    if ((f->size + block - 1) / block > MAX_BLOCKS)
+        block = (f->size + MAX_BLOCKS - 1) / MAX_BLOCKS;
+    int n = f->size > block ? (int)((f->size + block - 1) / block) : 1;
+    if (!alloc_chunks(f, n))
+        return false;
     for (int i = 0; i < n; i++)
-        f->chunks[i] = (chunk){per * i, i == n - 1 ? f->size : per * (i + 1), 0};
+        f->chunks[i] = (chunk){block * i, i == n - 1 ? f->size : block * (i + 1), 0};
     f->nchunks = n;
+    return true;
 }
 
 static long long chunks_done(const dfile *f)
@@ -315,40 +342,38 @@ static void release_lock(dfile *f)
 
 /* ---- hashing thread ---------------------------------------------------------------------------- */
 
-static long long frontier(const dfile *f)
+/* End of the contiguous written prefix. Caller holds f->mu; front only moves forward. */
+static long long frontier(dfile *f)
 {
-    for (int i = 0; i < f->nchunks; i++)
-        if (f->chunks[i].done < f->chunks[i].end - f->chunks[i].start)
-            return f->chunks[i].start + f->chunks[i].done;
-    return f->size;
+    while (f->front < f->nchunks && f->chunks[f->front].done >= f->chunks[f->front].end - f->chunks[f->front].start)
+        f->front++;
+    return f->front < f->nchunks ? f->chunks[f->front].start + f->chunks[f->front].done : f->size;
 }
 
+/* The hash follows the contiguous written prefix. A worker writing exactly at the hashed position hashes its
+ * buffer in place (no re-read); this thread catches up on blocks that arrived out of order, from the file.
+ * f->hashing marks who currently owns the hash state. */
 static void *hash_thread(void *arg)
 {
     dfile *f = arg;
-    blob_hasher h;
     size_t cap = 4u << 20;
     char *buf = malloc(cap);
-    if (!buf || blob_hasher_init(&h, etag_hash_kind(f->etag), f->size, NULL) != 0) {
-        free(buf);
-        pthread_mutex_lock(&f->mu);
-        f->hash_failed = true;
-        f->hash_done = true;
-        pthread_cond_broadcast(&f->cv);
-        pthread_mutex_unlock(&f->mu);
-        return NULL;
-    }
-    long long pos = 0;
-    bool failed = false;
+    bool failed = buf == NULL;
     for (;;) {
         pthread_mutex_lock(&f->mu);
-        long long upto;
-        while ((upto = frontier(f)) <= pos && pos < f->size && !f->hash_stop)
+        long long upto = 0;
+        while (!failed && !f->hash_stop && f->hashed < f->size && (f->hashing || (upto = frontier(f)) <= f->hashed)) {
+            f->hasher_waiting = true;
             pthread_cond_wait(&f->cv, &f->mu);
-        bool stop = f->hash_stop;
-        pthread_mutex_unlock(&f->mu);
-        if (pos >= f->size || stop)
+            f->hasher_waiting = false;
+        }
+        if (failed || f->hash_stop || f->hashed >= f->size) {
+            pthread_mutex_unlock(&f->mu);
             break;
+        }
+        long long pos = f->hashed;
+        f->hashing = true;
+        pthread_mutex_unlock(&f->mu);
         while (pos < upto) {
             size_t want = (size_t)(upto - pos < (long long)cap ? upto - pos : (long long)cap);
             ssize_t r = pread(f->fd, buf, want, pos);
@@ -358,22 +383,21 @@ static void *hash_thread(void *arg)
                 failed = true;
                 break;
             }
-            blob_hasher_update(&h, buf, (size_t)r);
+            blob_hasher_update(&f->hash, buf, (size_t)r);
             pos += r;
         }
-        if (failed)
-            break;
         pthread_mutex_lock(&f->mu);
         f->hashed = pos;
+        f->hashing = false;
         pthread_mutex_unlock(&f->mu);
     }
     free(buf);
     pthread_mutex_lock(&f->mu);
-    if (!failed && pos == f->size)
-        blob_hasher_final(&h, f->digest);
+    if (!failed && f->hashed == f->size)
+        blob_hasher_final(&f->hash, f->digest);
     else
-        blob_hasher_free(&h);
-    f->hash_failed = failed;
+        blob_hasher_free(&f->hash);
+    f->hash_failed = failed || f->hashed != f->size;
     f->hash_done = true;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
@@ -492,10 +516,24 @@ static size_t chunk_body(const char *data, size_t len, void *user, const hub_hea
     }
     pthread_mutex_lock(&f->mu);
     c->done += (long long)len;
+    bool in_place = !f->hashing && !f->hash_done && f->hashed == pos;
+    if (in_place)
+        f->hashing = true;
     if (now_s() - f->last_sidecar > 0.5)
         save_sidecar(f);
-    pthread_cond_broadcast(&f->cv);
+    /* Wake the hashing thread only when it has something to catch up on. */
+    if (!in_place && f->hasher_waiting && !f->hashing && frontier(f) > f->hashed)
+        pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
+    if (in_place) {
+        blob_hasher_update(&f->hash, data, len);
+        pthread_mutex_lock(&f->mu);
+        f->hashed += (long long)len;
+        f->hashing = false;
+        if (f->hasher_waiting && (f->hashed >= f->size || frontier(f) > f->hashed))
+            pthread_cond_broadcast(&f->cv);
+        pthread_mutex_unlock(&f->mu);
+    }
     progress_advance(f->dl->prog, f->prog, (long long)len);
     return io->reached_end ? 0 : used;
 }
@@ -522,7 +560,12 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
             req.range_end = c->end - 1;
         }
         perr e = {{0}};
-        int rc = hub_perform(curl, cfg, f->url, &req, &resp, &e);
+        /* Another worker may refresh the URL (expired CDN link) meanwhile: use a copy. */
+        char url[sizeof f->url];
+        pthread_mutex_lock(&f->mu);
+        memcpy(url, f->url, sizeof url);
+        pthread_mutex_unlock(&f->mu);
+        int rc = hub_perform(curl, cfg, url, &req, &resp, &e);
         pthread_mutex_lock(&f->mu);
         save_sidecar(f);
         bool progressed = c->done > before;
@@ -641,7 +684,9 @@ static int resolve_url(dl *d, dfile *f, CURL *curl, perr *err)
         return perr_set(err, "the hub reports %lld bytes for %s but its file listing says %lld", size, f->path,
                         f->size);
     }
+    pthread_mutex_lock(&f->mu);
     snprintf(f->url, sizeof f->url, "%s", resp.final_url);
+    pthread_mutex_unlock(&f->mu);
     hub_response_free(&resp);
     return 0;
 }
@@ -654,12 +699,18 @@ static int open_incomplete(dl *d, dfile *f, perr *err)
     struct stat st;
     fstat(f->fd, &st);
     if (!load_sidecar(f)) {
-        plan_chunks(f, d->o->jobs);
-        /* An .incomplete without our sidecar comes from an append-only downloader: keep its prefix. */
-        if (f->nchunks == 1 && st.st_size > 0 && st.st_size <= f->size)
-            f->chunks[0].done = st.st_size;
-        else if (st.st_size > 0 && ftruncate(f->fd, 0) != 0)
+        if (!plan_chunks(f))
+            return perr_set(err, "out of memory");
+        /* An .incomplete without our sidecar comes from an append-only downloader (huggingface_hub before
+         * 1.18 used the same name): keep its prefix. The final hash check covers a wrong guess. */
+        if (st.st_size > 0 && st.st_size <= f->size) {
+            for (int i = 0; i < f->nchunks; i++) {
+                long long have = st.st_size - f->chunks[i].start, len = f->chunks[i].end - f->chunks[i].start;
+                f->chunks[i].done = have <= 0 ? 0 : have < len ? have : len;
+            }
+        } else if (st.st_size > 0 && ftruncate(f->fd, 0) != 0) {
             return perr_errno(err, "cannot reset %s", f->incomplete);
+        }
     }
     pthread_mutex_lock(&f->mu);
     save_sidecar(f);
@@ -677,6 +728,7 @@ static int open_incomplete(dl *d, dfile *f, perr *err)
     else if (had < f->counted)
         progress_rewind(d->prog, f->prog, f->counted - had);
     f->counted = had;
+    f->front = 0;
     f->chunks_left = 0;
     for (int i = 0; i < f->nchunks; i++)
         f->chunks_left += f->chunks[i].done < f->chunks[i].end - f->chunks[i].start;
@@ -705,8 +757,12 @@ static int prepare_file(dl *d, dfile *f, CURL *curl, bool *run_chunk0, perr *err
     }
     if (resolve_url(d, f, curl, err) != 0 || open_incomplete(d, f, err) != 0)
         return -1;
-    if (pthread_create(&f->hasher, NULL, hash_thread, f) != 0)
+    if (blob_hasher_init(&f->hash, etag_hash_kind(f->etag), f->size, err) != 0)
+        return -1;
+    if (pthread_create(&f->hasher, NULL, hash_thread, f) != 0) {
+        blob_hasher_free(&f->hash);
         return perr_set(err, "cannot start a thread");
+    }
     f->hasher_running = true;
     if (f->chunks_left == 0)
         return finalize(d, f, err);
@@ -777,7 +833,7 @@ static void *worker(void *arg)
 /* ---- revision and listing ---------------------------------------------------------------------- */
 
 static int resolve_revision(const hub_config *cfg, CURL *curl, const char *repo, const char *rev, char *commit,
-                            perr *err)
+                            bool *unreachable, perr *err)
 {
     if (is_commit(rev)) {
         snprintf(commit, 64, "%s", rev);
@@ -789,6 +845,7 @@ static int resolve_revision(const hub_config *cfg, CURL *curl, const char *repo,
     snprintf(url, sizeof url, "%s/api/models/%s/revision/%s?expand=sha", cfg->endpoint, repo, enc);
     hub_response resp = {0};
     if (hub_get_json(curl, cfg, url, repo, rev, &resp, err) != 0) {
+        *unreachable = resp.unreachable;
         hub_response_free(&resp);
         return -1;
     }
@@ -962,8 +1019,24 @@ int hub_download(const download_opts *o, download_result *res, perr *err)
         return perr_set(err, "cannot start libcurl");
     entry *list = NULL;
     int nlist = 0;
-    if (resolve_revision(&cfg, curl, o->repo, rev, d.commit, err) != 0 ||
-        list_tree(&cfg, curl, o->repo, rev, d.commit, &list, &nlist, err) != 0) {
+    bool unreachable = false;
+    if (resolve_revision(&cfg, curl, o->repo, rev, d.commit, &unreachable, err) != 0) {
+        curl_easy_cleanup(curl);
+        /* Like the Hub's own tools: when the hub cannot be reached, a complete local copy will do. */
+        perr local = {{0}};
+        if (unreachable && offline_lookup(o, rev, res, &local) == 0) {
+            res->from_cache_offline = false;
+            res->hub_unreachable = true;
+            return 0;
+        }
+        if (unreachable) {
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            perr_set(err, "%s (and %s is not fully downloaded in %s)", msg, o->repo, o->models_dir);
+        }
+        return -1;
+    }
+    if (list_tree(&cfg, curl, o->repo, rev, d.commit, &list, &nlist, err) != 0) {
         curl_easy_cleanup(curl);
         free(list);
         return -1;
@@ -1052,14 +1125,9 @@ int hub_download(const download_opts *o, download_result *res, perr *err)
 
     if (rc == 0 && ndl > 0) {
         int jobs = o->jobs > 0 ? o->jobs : 8;
-        d.qcap = ndl * (MAX_CHUNKS + 1) + 4;
-        d.q = calloc((size_t)d.qcap, sizeof *d.q);
-        if (!d.q)
-            rc = perr_set(err, "out of memory");
         for (int i = 0; rc == 0 && i < nf; i++)
             if (files[i].needs_download)
                 push(&d, (task){&files[i], -1}, false);
-        /* Big files first, so their chunks overlap the small ones. */
         pthread_t th[64];
         int nth = 0;
         if (jobs > 64)
@@ -1091,6 +1159,7 @@ int hub_download(const download_opts *o, download_result *res, perr *err)
         release_lock(f);
         pthread_mutex_destroy(&f->mu);
         pthread_cond_destroy(&f->cv);
+        free(f->chunks);
     }
     free(files);
     free(d.q);

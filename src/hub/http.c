@@ -2,6 +2,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -481,7 +482,7 @@ long hub_retry_wait_s(const hub_config *cfg, const hub_headers *h)
         char *end;
         long x = strtol(t + 2, &end, 10);
         if (end != t + 2 && x >= 0)
-            wait = x + 1;
+            wait = x < LONG_MAX ? x + 1 : x; /* strtol saturates on huge values */
     }
     if (wait < 0 && h->retry_after[0]) {
         char *end;
@@ -518,8 +519,12 @@ int hub_get_json(CURL *curl, const hub_config *cfg, const char *url, const char 
     int failures = 0;
     for (;;) {
         if (hub_perform(curl, cfg, url, &req, resp, err) != 0) {
-            if (resp->curl_code == CURLE_OK || failures >= cfg->max_retries) /* not a transport problem */
+            if (resp->curl_code == CURLE_OK) /* not a transport problem */
                 return -1;
+            if (failures >= cfg->max_retries) {
+                resp->unreachable = true;
+                return perr_wrap(err, "cannot reach %s", cfg->endpoint);
+            }
             hub_backoff(cfg, failures++);
             continue;
         }

@@ -5,7 +5,11 @@
 #include "kernels/qmatmul.h"
 #include "kernels/qmatmul_internal.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <pthread.h>
+#include <stdbool.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -14,6 +18,7 @@
 typedef void (*qmatmul_fn)(const qweight *, const float *, int, float *, int, int, int);
 
 /* Batches at least this large go to the AMX kernel. */
+#include <stdint.h>
 #define AMX_MIN_TOKENS 16
 
 static void qmatmul_amx_or_vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy,
@@ -34,13 +39,25 @@ static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int isa_best;    /* best supported by this CPU */
 static int isa_current; /* in use */
 
+#if defined(__x86_64__) || defined(__i386__)
+/* clang 14 rejects __builtin_cpu_supports("f16c"), ("amx-tile") and ("amx-int8"): read those CPUID bits
+ * directly (leaf 1 ECX for F16C, leaf 7 EDX for AMX). The OS-state checks are covered by the avx2 test
+ * and, for AMX, by the arch_prctl request below. */
+static bool cpuid_bit(unsigned leaf, bool edx, unsigned bit)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(leaf, 0, &a, &b, &c, &d))
+        return false;
+    return ((edx ? d : c) >> bit) & 1u;
+}
+#endif
+
 static int cpu_level(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     /* __builtin_cpu_supports also checks that the OS saves the vector state (XGETBV). */
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-          __builtin_cpu_supports("f16c")))
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpuid_bit(1, false, 29)))
         return ISA_SCALAR;
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))
@@ -48,7 +65,7 @@ static int cpu_level(void)
     if (!__builtin_cpu_supports("avx512vnni"))
         return ISA_AVX512;
 #if defined(__x86_64__) && defined(SYS_arch_prctl)
-    if (__builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8")) {
+    if (cpuid_bit(7, true, 24) && cpuid_bit(7, true, 25)) {
         /* Linux hands out the large AMX register state only on request (ARCH_REQ_XCOMP_PERM for
          * XFEATURE_XTILEDATA); the permission covers every thread of the process. */
         if (syscall(SYS_arch_prctl, 0x1023, 18) == 0)
@@ -157,4 +174,119 @@ void *kernels_scratch(int slot, size_t bytes)
     scratch[slot].ptr = p;
     scratch[slot].cap = cap;
     return p;
+}
+
+/* ---- activations prepared once for a thread pool ---- */
+
+qact *qact_new(void) { return calloc(1, sizeof(qact)); }
+
+void qact_free(qact *a)
+{
+    if (!a)
+        return;
+    free(a->mem);
+    free(a);
+}
+
+static int supported_layout(const qweight *w)
+{
+    const int G = w->group_size;
+    return (w->bits == 4 || w->bits == 8) && (G == 32 || G == 64 || G == 128) && w->cols > 0 &&
+           w->cols % G == 0;
+}
+
+int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
+{
+    pthread_once(&isa_once, isa_init);
+    a->n_tok = n_tok > 0 ? n_tok : 0;
+    a->cols = w->cols;
+    a->group_size = w->group_size;
+    a->bits = w->bits;
+    a->x = x;
+    a->w = *w;
+    a->kind = QACT_SCALAR;
+    if (!supported_layout(w) || a->n_tok == 0)
+        return 0;
+    size_t bytes;
+    int kind;
+    switch (isa_current) {
+    case ISA_AVX2:
+        kind = QACT_AVX2;
+        bytes = qx_avx2_bytes(&a->qx, w, a->n_tok);
+        break;
+    case ISA_AVX512:
+    case ISA_AVX512VNNI:
+        kind = isa_current == ISA_AVX512 ? QACT_AVX512 : QACT_AVX512VNNI;
+        bytes = qx_avx512_bytes(&a->qx, w, a->n_tok);
+        break;
+    case ISA_AMX:
+        if (a->n_tok >= AMX_MIN_TOKENS) {
+            kind = QACT_AMX;
+            bytes = amx_bytes(&a->amx, w, a->n_tok);
+        } else {
+            kind = QACT_AVX512VNNI;
+            bytes = qx_avx512_bytes(&a->qx, w, a->n_tok);
+        }
+        break;
+    default:
+        return 0;
+    }
+    if (a->cap < bytes) {
+        void *p = NULL;
+        if (posix_memalign(&p, 64, bytes) != 0)
+            return -1; /* a stays a valid scalar qact */
+        free(a->mem);
+        a->mem = p;
+        a->cap = bytes;
+    }
+    if (kind == QACT_AMX) {
+        amx_assign(&a->amx, a->mem);
+    } else {
+        uint8_t *m = a->mem;
+        a->qx.qx = (int8_t *)m;
+        a->qx.dxl = (float *)(m + qx_part_bytes(&a->qx, a->n_tok, 0));
+        a->qx.xs = (float *)(m + qx_part_bytes(&a->qx, a->n_tok, 0) + qx_part_bytes(&a->qx, a->n_tok, 1));
+    }
+    a->kind = kind;
+    return 0;
+}
+
+void qact_fill(qact *a, int part, int nparts)
+{
+    if (a->kind == QACT_SCALAR || nparts < 1 || part < 0 || part >= nparts)
+        return;
+    /* slices of whole 16-token blocks, as the tile layout needs */
+    const int blocks = (a->n_tok + 15) / 16;
+    const int t0 = (int)((long)blocks * part / nparts) * 16;
+    int t1 = (int)((long)blocks * (part + 1) / nparts) * 16;
+    if (t1 > a->n_tok)
+        t1 = a->n_tok;
+    if (t0 >= t1)
+        return;
+    if (a->kind == QACT_AMX)
+        amx_fill(&a->amx, &a->w, a->x, a->n_tok, t0, t1);
+    else if (a->kind == QACT_AVX2)
+        qx_avx2_fill(&a->qx, &a->w, a->x, t0, t1);
+    else
+        qx_avx512_fill(&a->qx, &a->w, a->x, t0, t1);
+}
+
+void qmatmul_prepared(const qweight *w, const qact *a, float *y, int ldy, int r0, int r1)
+{
+    if (a->kind == QACT_SCALAR || w->cols != a->cols || w->group_size != a->group_size ||
+        w->bits != a->bits) {
+        qmatmul(w, a->x, a->n_tok, y, ldy, r0, r1);
+        return;
+    }
+    switch (a->kind) {
+    case QACT_AMX:
+        qmatmul_amx_prepared(w, &a->amx, a->n_tok, y, ldy, r0, r1);
+        break;
+    case QACT_AVX2:
+        qmatmul_avx2_prepared(w, &a->qx, a->n_tok, y, ldy, r0, r1);
+        break;
+    default:
+        qmatmul_avx512_prepared(w, &a->qx, a->n_tok, y, ldy, r0, r1, a->kind == QACT_AVX512VNNI);
+        break;
+    }
 }

@@ -38,6 +38,24 @@ float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unalig
  * PUNIE_ISA=scalar|avx2|avx512|amx in the environment caps the choice (tests, benchmarks). */
 const char *kernels_isa(void);
 
+/* Activations prepared once and shared read-only by every thread of a pool, so that the int8
+ * quantization inside qmatmul is not repeated by each thread (it reads all of x; with many threads
+ * and long prompts that is a large part of prefill). Use:
+ *   qact *a = qact_new();                      once
+ *   qact_reserve(a, w, x, n_tok)               one thread; w gives cols, group size and bits
+ *   qact_fill(a, i, n)                         thread i of n, then a barrier
+ *   qmatmul_prepared(w2, a, y, ldy, r0, r1)    each thread its rows, for any w2 of w's shape
+ *   qact_free(a)                               at the end (a can be reserved again before that)
+ * x must not change until the last qmatmul_prepared. Results are those of qmatmul, except that
+ * qmatmul processes batches over 256 tokens in slices (same math, possibly another kernel for a
+ * short last slice). qact_reserve returns -1 when memory is lacking (a stays usable). */
+typedef struct qact qact;
+qact *qact_new(void);
+void qact_free(qact *a);
+int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok);
+void qact_fill(qact *a, int part, int nparts);
+void qmatmul_prepared(const qweight *w, const qact *a, float *y, int ldy, int r0, int r1);
+
 /* Forces one implementation ("scalar", "avx2", "avx512" without VNNI, "avx512vnni", "amx") if this CPU has
  * it; returns 0, or -1 when unsupported. For tests and benchmarks; not thread-safe against running
  * kernels. The SIMD paths quantize activations per group to int8 (logits within ~1e-2 of fp32). */

@@ -91,13 +91,18 @@ chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, co
     const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
 #pragma GCC unroll 4
     for (int j = 0; j < NT; j++) {
-        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * qchunk;
+        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * 2 * qchunk;
         __m256i ql = _mm256_loadu_si256((const __m256i *)q);
         __m256i qh = bits == 4 ? _mm256_loadu_si256((const __m256i *)(q + CB)) : ql;
+        __m256i ql2 = _mm256_loadu_si256((const __m256i *)(q + qchunk));
+        __m256i qh2 = bits == 4 ? _mm256_loadu_si256((const __m256i *)(q + qchunk + CB)) : ql2;
         __m256 d = _mm256_loadu_ps(p->dxl + (size_t)(t0 + j) * p->dstride + (size_t)c * 8);
 #pragma GCC unroll 4
         for (int i = 0; i < NR; i++) {
-            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot_chunk(lo[i], hi[i], ql, qh, bits)), d);
+            /* 256 * (first level) + second level; fits int32 by far */
+            __m256i dot = _mm256_add_epi32(_mm256_slli_epi32(dot_chunk(lo[i], hi[i], ql, qh, bits), 8),
+                                           dot_chunk(lo[i], hi[i], ql2, qh2, bits));
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), d);
             acc[i][j] = _mm256_fmadd_ps(f, sv[i], acc[i][j]);
         }
     }
@@ -156,6 +161,17 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
 TILE_VARIANTS(4)
 TILE_VARIANTS(8)
 
+size_t qx_avx2_bytes(qx_prep *p, const qweight *w, int n_tok)
+{
+    qx_layout(p, w, CB);
+    return qx_part_bytes(p, n_tok, 0) + qx_part_bytes(p, n_tok, 1) + qx_part_bytes(p, n_tok, 2);
+}
+
+void qx_avx2_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1)
+{
+    qx_fill(p, w, x, t0, t1);
+}
+
 void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
     if (r0 >= r1 || n_tok <= 0)
@@ -165,11 +181,18 @@ void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy
         qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
         return;
     }
-    float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
-    if (!rowf) {
-        qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
+    qmatmul_avx2_prepared(w, &p, n_tok, y, ldy, r0, r1);
+}
+
+void qmatmul_avx2_prepared(const qweight *w, const qx_prep *pp, int n_tok, float *y, int ldy, int r0,
+                           int r1)
+{
+    if (r0 >= r1 || n_tok <= 0)
         return;
-    }
+    const qx_prep p = *pp;
+    float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
+    if (!rowf)
+        return; /* a few KB; unreachable in practice */
     tile_ctx k;
     k.p = &p;
     k.gshift = __builtin_ctz((unsigned)w->group_size);

@@ -90,13 +90,18 @@ chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, co
     const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
 #pragma GCC unroll 4
     for (int j = 0; j < NT; j++) {
-        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * qchunk;
+        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * 2 * qchunk;
         __m512i ql = _mm512_loadu_si512((const void *)q);
         __m512i qh = bits == 4 ? _mm512_loadu_si512((const void *)(q + CB)) : ql;
+        __m512i ql2 = _mm512_loadu_si512((const void *)(q + qchunk));
+        __m512i qh2 = bits == 4 ? _mm512_loadu_si512((const void *)(q + qchunk + CB)) : ql2;
         __m512 d = _mm512_loadu_ps(p->dxl + (size_t)(t0 + j) * p->dstride + (size_t)c * 16);
 #pragma GCC unroll 4
         for (int i = 0; i < NR; i++) {
-            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_chunk(lo[i], hi[i], ql, qh, bits, vnni)), d);
+            /* 256 * (first level) + second level; fits int32 by far */
+            __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(dot_chunk(lo[i], hi[i], ql, qh, bits, vnni), 8),
+                                           dot_chunk(lo[i], hi[i], ql2, qh2, bits, vnni));
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), d);
             acc[i][j] = _mm512_fmadd_ps(f, sv[i], acc[i][j]);
         }
     }
@@ -154,6 +159,17 @@ TILE_VARIANTS(8, 1)
 
 typedef void (*tile_fn)(const tile_ctx *, int, int, int, float *, int, int);
 
+size_t qx_avx512_bytes(qx_prep *p, const qweight *w, int n_tok)
+{
+    qx_layout(p, w, CB);
+    return qx_part_bytes(p, n_tok, 0) + qx_part_bytes(p, n_tok, 1) + qx_part_bytes(p, n_tok, 2);
+}
+
+void qx_avx512_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1)
+{
+    qx_fill(p, w, x, t0, t1);
+}
+
 static void run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
                 int vnni)
 {
@@ -164,9 +180,18 @@ static void run(const qweight *w, const float *x, int n_tok, float *y, int ldy, 
         qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
         return;
     }
+    qmatmul_avx512_prepared(w, &p, n_tok, y, ldy, r0, r1, vnni);
+}
+
+void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, float *y, int ldy, int r0,
+                             int r1, int vnni)
+{
+    if (r0 >= r1 || n_tok <= 0)
+        return;
+    const qx_prep p = *pp;
     float *rowf = kernels_scratch(4, (size_t)2 * NR * (size_t)p.gstride * sizeof(float));
     if (!rowf) {
-        qmatmul_scalar(w, x, n_tok, y, ldy, r0, r1);
+        /* unreachable in practice (a few KB); leave y untouched rather than guess */
         return;
     }
     tile_ctx k;

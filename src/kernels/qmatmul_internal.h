@@ -18,6 +18,54 @@
 #include <stdint.h>
 #include <string.h>
 
+typedef struct qx_prep {
+    int cb;          /* weight bytes per chunk (32 or 64) */
+    int lanes;       /* cb / 4 */
+    int nchunks;     /* chunks per row, the last one possibly partial */
+    int tail_bytes;  /* valid weight bytes of the last chunk (1..cb) */
+    int epc;         /* elements per chunk */
+    int groups;      /* groups per row */
+    int gstride;     /* floats per token in xs (groups rounded up, plus room for vector over-reads) */
+    size_t qstride;  /* bytes per token in qx */
+    size_t dstride;  /* floats per token in dxl */
+    int8_t *qx;
+    float *dxl;
+    float *xs;
+} qx_prep;
+
+/* Activations laid out for the AMX kernel: per block of 16 tokens, B tiles for every k-step of K
+ * bytes, then per group the 16 tokens' dx and sums. */
+typedef struct amx_prep {
+    int K, ksteps, kpg, groups, ntb;
+    int8_t *xb;
+    float *dxv, *xsv;
+} amx_prep;
+
+static inline size_t qx_align64(size_t n) { return (n + 63) / 64 * 64; }
+
+/* Bytes of the three qx_prep buffers for n_tok tokens, each 64-byte aligned, in the order qx, dxl, xs. */
+static inline size_t qx_part_bytes(const qx_prep *p, int n_tok, int part)
+{
+    const size_t nt = (size_t)(n_tok > 0 ? n_tok : 1);
+    if (part == 0)
+        return qx_align64(nt * p->qstride + 64);
+    if (part == 1)
+        return qx_align64((nt * p->dstride + 16) * sizeof(float));
+    return qx_align64((nt * (size_t)p->gstride + 16) * sizeof(float));
+}
+
+struct qact {
+    int kind; /* QACT_* */
+    int n_tok, cols, group_size, bits;
+    const float *x;
+    qweight w;            /* a copy of the shape fields (pointers unused) */
+    qx_prep qx;
+    amx_prep amx;
+    void *mem;
+    size_t cap;
+};
+enum { QACT_SCALAR, QACT_AVX2, QACT_AVX512, QACT_AVX512VNNI, QACT_AMX };
+
 /* Per-thread growable buffer; slot 0..KSCRATCH_SLOTS-1. Returns NULL when memory is exhausted. */
 #define KSCRATCH_SLOTS 8
 void *kernels_scratch(int slot, size_t bytes);
@@ -28,5 +76,22 @@ void qmatmul_avx512vnni(const qweight *w, const float *x, int n_tok, float *y, i
                         int r1);
 /* AMX tiles (needs the OS permission the dispatcher requests); meant for n_tok >= 16. */
 void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
+
+/* Split forms used by qact (activations prepared once, shared by threads). The *_bytes functions
+ * set the layout and return the memory it needs; *_assign points it into mem (64-byte aligned). */
+size_t qx_avx2_bytes(qx_prep *p, const qweight *w, int n_tok);
+size_t qx_avx512_bytes(qx_prep *p, const qweight *w, int n_tok);
+void qx_assign(qx_prep *p, void *mem, int n_tok);
+void qx_avx2_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1);
+void qx_avx512_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1);
+void qmatmul_avx2_prepared(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
+                           int r1);
+void qmatmul_avx512_prepared(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
+                             int r1, int vnni);
+size_t amx_bytes(amx_prep *a, const qweight *w, int n_tok);
+void amx_assign(amx_prep *a, void *mem);
+void amx_fill(const amx_prep *a, const qweight *w, const float *x, int n_tok, int t0, int t1);
+void qmatmul_amx_prepared(const qweight *w, const amx_prep *a, int n_tok, float *y, int ldy, int r0,
+                          int r1);
 
 #endif

@@ -144,7 +144,7 @@ static int shape_err(const st_tensor *t, const char *expect, perr *err)
         snprintf(got + l, sizeof got - l, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
     }
     strncat(got, "]", sizeof got - strlen(got) - 1);
-    return perr_set(err, "%s: tensor %s has shape %s %s, expected %s", t->file, t->name, t->dtype < 15 ? st_dtype_name(t->dtype) : "?", got, expect);
+    return perr_set(err, "%s: tensor %s has shape %s, expected %s", t->file, t->name, got, expect);
 }
 
 /* A float vector [n] (norm weight or Linear bias), converted to f32 (small). */
@@ -309,6 +309,7 @@ void model_free(model *m)
     free(m->rope_inv_freq);
     if (m->pool)
         threadpool_free(m->pool);
+    qact_free(m->act);
     pthread_mutex_destroy(&m->pool_lock);
     st_close(m->st);
     free(m);
@@ -379,6 +380,7 @@ int model_load(const char *dir, int n_threads, model **out, perr *err)
     for (int i = 0; i < c->head_dim / 2; i++)
         m->rope_inv_freq[i] = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
 
+    m->act = qact_new(); /* optional: without it each thread quantizes its own copy */
     m->pool = threadpool_new(n_threads);
     if (!m->pool) {
         perr_set(err, "cannot start worker threads");

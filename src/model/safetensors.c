@@ -115,16 +115,11 @@ static int add_file(st_set *s, const char *path, const char *label, perr *err)
     if (base == MAP_FAILED)
         return perr_errno(err, "cannot map %s", label);
 
+    /* maps never move: tensors point at their names */
     if (s->n_maps >= ST_MAX_FILES) {
         munmap(base, size);
         return perr_set(err, "too many safetensors files");
     }
-    struct st_map *maps = realloc(s->maps, (size_t)(s->n_maps + 1) * sizeof *maps);
-    if (!maps) {
-        munmap(base, size);
-        return perr_set(err, "out of memory");
-    }
-    s->maps = maps;
     struct st_map *m = &s->maps[s->n_maps++];
     snprintf(m->name, sizeof m->name, "%s", label);
     m->base = base;
@@ -303,6 +298,10 @@ void st_prefetch(const st_set *s)
 int st_open_file(const char *path, st_set **out, perr *err)
 {
     st_set *s = calloc(1, sizeof *s);
+    if (s && !(s->maps = calloc(ST_MAX_FILES, sizeof *s->maps))) {
+        free(s);
+        s = NULL;
+    }
     if (!s)
         return perr_set(err, "out of memory");
     const char *slash = strrchr(path, '/');
@@ -330,6 +329,10 @@ int st_open_dir(const char *dir, st_set **out, perr *err)
 {
     char path[4096];
     st_set *s = calloc(1, sizeof *s);
+    if (s && !(s->maps = calloc(ST_MAX_FILES, sizeof *s->maps))) {
+        free(s);
+        s = NULL;
+    }
     if (!s)
         return perr_set(err, "out of memory");
     if (path_join(path, sizeof path, dir, "model.safetensors.index.json", err) != 0)

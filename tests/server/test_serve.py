@@ -18,7 +18,7 @@ DEFAULT_REPO = "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit"
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUNIE_") or k in ("PUNIE_BIN",)}
+    env = {k: v for k, v in os.environ.items() if k not in ("PUNIE_MODEL", "PUNIE_MODELS_DIR", "PUNIE_API_KEY")}
     env.update(extra)
     return env
 
@@ -173,6 +173,21 @@ class StartUp(unittest.TestCase):
             self.assertEqual(r.returncode, 1)
             self.assertIn("not a complete model folder", r.stderr)
 
+    def test_unsupported_model(self):
+        with tempfile.TemporaryDirectory() as d:
+            for name in os.listdir(MODEL):
+                if name != "config.json":
+                    os.symlink(os.path.join(MODEL, name), os.path.join(d, name))
+            with open(os.path.join(MODEL, "config.json")) as f:
+                cfg = json.load(f)
+            cfg["num_hidden_layers"] = 3  # the weights hold 2 layers
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(cfg, f)
+            r = self.run_serve("--model", d, "--port", "0", "--threads", "2")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("Error: cannot load model", r.stderr)
+            self.assertNotIn("started", r.stdout)
+
     def test_port_in_use(self):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
@@ -317,28 +332,37 @@ class Api(unittest.TestCase):
         self.assertEqual(st, 200)
         self.assertLessEqual(body["usage"]["completion_tokens"], 2)
 
-    def test_reference_greedy_tokens(self):
+    def greedy_request(self, **kw):
         with open(os.path.join(REF, "chat-short.request.json")) as f:
             req = json.load(f)
+        body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1, "max_tokens": 48}
+        body.update(kw)
+        return body
+
+    def test_reference_greedy_tokens(self):
         with open(os.path.join(REF, "chat-short.json")) as f:
             ref = json.load(f)
         want_ids = ref["greedy_masked"]
         want_text = decode(want_ids)
-        body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1, "max_tokens": len(want_ids),
-                "logprobs": True}
-        st, out = self.srv.json("POST", "/v1/chat/completions", body)
+        st, out = self.srv.json("POST", "/v1/chat/completions", self.greedy_request(max_tokens=len(want_ids),
+                                                                                      logprobs=True))
         self.assertEqual(st, 200, out)
         self.assertEqual(out["usage"]["prompt_tokens"], len(ref["prompt_ids"]))
-        self.assertEqual(out["usage"]["completion_tokens"], len(want_ids))
-        self.assertEqual(out["choices"][0]["finish_reason"], "length")
-        self.assertEqual(out["choices"][0]["message"]["content"], want_text)
+        content = out["choices"][0]["message"]["content"]
+        if content == want_text:
+            self.assertEqual(out["usage"]["completion_tokens"], len(want_ids))
+            self.assertEqual(out["choices"][0]["finish_reason"], "length")
+        else:
+            # An engine with quantized activations may take another path where the reference's top two
+            # logits are closer than its tolerance (fixtures README): up to there the text must match.
+            k = next((i for i, m in enumerate(ref["greedy_masked_margins"]) if m < 0.05), len(want_ids))
+            prefix = decode(want_ids[:k]).rstrip("\ufffd")
+            self.assertTrue(content.startswith(prefix), f"{content!r} does not start with {prefix!r}")
         lp = out["choices"][0]["logprobs"]["content"]
-        self.assertEqual(len(lp), len(want_ids))
+        self.assertEqual(len(lp), out["usage"]["completion_tokens"])
         self.assertTrue(all(e["logprob"] <= 0 for e in lp))
         # The same through a stream, as a client assembles it.
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-        del body["logprobs"]
+        body = self.greedy_request(max_tokens=len(want_ids), stream=True, stream_options={"include_usage": True})
         st, hdrs, events = self.srv.stream("/v1/chat/completions", body)
         self.assertEqual(st, 200)
         self.assertTrue(hdrs["Content-Type"].startswith("text/event-stream"))
@@ -347,39 +371,39 @@ class Api(unittest.TestCase):
         self.assertTrue(all(c["object"] == "chat.completion.chunk" for c in chunks))
         self.assertEqual(chunks[0]["choices"][0]["delta"]["role"], "assistant")
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-        self.assertEqual(text, want_text)
+        self.assertEqual(text, content)
         finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
-        self.assertEqual(finals, ["length"])
+        self.assertEqual(finals, [out["choices"][0]["finish_reason"]])
         usage = chunks[-1]
         self.assertEqual(usage["choices"], [])
-        self.assertEqual(usage["usage"]["completion_tokens"], len(want_ids))
-        # Completions: raw prompt, no template; the reference prompt text gives the same tokens.
+        self.assertEqual(usage["usage"]["completion_tokens"], out["usage"]["completion_tokens"])
+        # Completions: raw prompt, no template; the reference prompt text gives the same tokens and reply.
         with open(os.path.join(REF, "chat-short.prompt.txt")) as f:
             prompt = f.read()
-        st, out = self.srv.json("POST", "/v1/completions", {"prompt": prompt, "temperature": 0, "repetition_penalty": 1,
-                                                            "max_tokens": len(want_ids)})
-        self.assertEqual(st, 200, out)
-        self.assertEqual(out["object"], "text_completion")
-        self.assertEqual(out["usage"]["prompt_tokens"], len(ref["prompt_ids"]))
-        self.assertEqual(out["choices"][0]["text"], want_text)
+        st, comp = self.srv.json("POST", "/v1/completions", {"prompt": prompt, "temperature": 0,
+                                                             "repetition_penalty": 1, "max_tokens": len(want_ids)})
+        self.assertEqual(st, 200, comp)
+        self.assertEqual(comp["object"], "text_completion")
+        self.assertEqual(comp["usage"]["prompt_tokens"], len(ref["prompt_ids"]))
+        self.assertEqual(comp["choices"][0]["text"], content)
+        st, _, events = self.srv.stream("/v1/completions", {"prompt": prompt, "temperature": 0, "stream": True,
+                                                            "repetition_penalty": 1, "max_tokens": len(want_ids)})
+        self.assertEqual(events[-1], "[DONE]")
+        self.assertTrue(all(c["object"] == "text_completion" for c in events[:-1]))
+        self.assertEqual("".join(c["choices"][0]["text"] for c in events[:-1]), content)
 
     def test_stop_string_is_stripped(self):
-        with open(os.path.join(REF, "chat-short.request.json")) as f:
-            req = json.load(f)
-        with open(os.path.join(REF, "chat-short.json")) as f:
-            ref = json.load(f)
-        full = decode(ref["greedy_masked"])
+        st, out = self.srv.json("POST", "/v1/chat/completions", self.greedy_request())
+        full = out["choices"][0]["message"]["content"]
         # A stop string taken from the middle of the known reply.
         cut = len(full) // 2
         stop = full[cut:cut + 3]
         want = full[:full.index(stop)]
-        body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1, "max_tokens": 48, "stop": stop}
-        st, out = self.srv.json("POST", "/v1/chat/completions", body)
+        st, out = self.srv.json("POST", "/v1/chat/completions", self.greedy_request(stop=["never-seen", stop]))
         self.assertEqual(st, 200)
         self.assertEqual(out["choices"][0]["message"]["content"], want)
         self.assertEqual(out["choices"][0]["finish_reason"], "stop")
-        body["stream"] = True
-        st, _, events = self.srv.stream("/v1/chat/completions", body)
+        st, _, events = self.srv.stream("/v1/chat/completions", self.greedy_request(stop=stop, stream=True))
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events[:-1] if c["choices"])
         self.assertEqual(text, want)
 
@@ -429,17 +453,19 @@ class Api(unittest.TestCase):
         cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
         self.assertGreaterEqual(cached, a["usage"]["prompt_tokens"] - 1)
         self.assertLess(cached, b["usage"]["prompt_tokens"])
-        # An identical request reuses all but the last prompt token, and answers the same.
+        # An identical request reuses all but the last prompt token. (Its reply is not compared: kernels
+        # that quantize activations may round a batched prefill differently from a cached one.)
         st, c = self.srv.json("POST", "/v1/chat/completions", {"messages": second, "max_tokens": 4, "temperature": 0})
         self.assertEqual(c["usage"]["prompt_tokens_details"]["cached_tokens"], c["usage"]["prompt_tokens"] - 1)
-        self.assertEqual(c["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"])
+        self.assertEqual(c["usage"]["completion_tokens"], 4)
 
     def test_concurrent_clients(self):
         results = [None] * 5
-        want = self.srv.json("POST", "/v1/chat/completions", chat("count to ten", max_tokens=12, temperature=0))[1]
 
         def worker(i):
-            results[i] = self.srv.json("POST", "/v1/chat/completions", chat("count to ten", max_tokens=12, temperature=0))
+            # Different prompts, so that no two requests share a slot's cache by chance.
+            results[i] = self.srv.json("POST", "/v1/chat/completions",
+                                       chat(f"count to {i + 10}", max_tokens=12, temperature=0, stop="\u00a7\u00a7"))
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(5)]
         for t in threads:
@@ -450,7 +476,21 @@ class Api(unittest.TestCase):
             t.join(120)
         for st, body in results:
             self.assertEqual(st, 200, body)
-            self.assertEqual(body["choices"][0]["message"]["content"], want["choices"][0]["message"]["content"])
+            u = body["usage"]
+            self.assertTrue(u["completion_tokens"] == 12 or body["choices"][0]["finish_reason"] == "stop", body)
+        self.assertEqual(len({b["id"] for _, b in results}), 5)
+
+    def test_long_prompt_keepalive(self):
+        # A prompt of several chunks: the stream says it is alive while the prompt is read.
+        c = self.srv.conn()
+        c.request("POST", "/v1/chat/completions", body=json.dumps(chat("word " * 1200, stream=True, max_tokens=2)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        raw = r.read().decode()
+        c.close()
+        self.assertEqual(r.status, 200)
+        self.assertRegex(raw, r": keepalive \d+/12\d\d\n\n")
+        self.assertTrue(raw.endswith("data: [DONE]\n\n"))
 
     def test_client_disconnect_mid_stream(self):
         c = socket.create_connection(("127.0.0.1", self.srv.port), timeout=30)
@@ -467,6 +507,30 @@ class Api(unittest.TestCase):
         self.assertIn("client went away", self.srv.read_log())
         st, body = self.srv.json("POST", "/v1/chat/completions", chat("Hello", max_tokens=3))
         self.assertEqual(st, 200)
+
+
+class ReferenceExact(unittest.TestCase):
+    """With the portable float32 kernels the engine is exact: the API must give the reference's 48 greedy
+    tokens whatever the SIMD kernels do (streaming is checked against the whole reply in Api)."""
+
+    def test_reference_greedy_exact_scalar(self):
+        with open(os.path.join(REF, "chat-short.request.json")) as f:
+            req = json.load(f)
+        with open(os.path.join(REF, "chat-short.json")) as f:
+            ref = json.load(f)
+        want_ids = ref["greedy_masked"]
+        want_text = decode(want_ids)
+        srv = Server("--ctx-size", "128", env=clean_env(PUNIE_ISA="scalar"))
+        try:
+            body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1,
+                    "max_tokens": len(want_ids)}
+            st, out = srv.json("POST", "/v1/chat/completions", body)
+            self.assertEqual(st, 200, out)
+            self.assertEqual(out["choices"][0]["message"]["content"], want_text)
+            self.assertEqual(out["usage"]["completion_tokens"], len(want_ids))
+            self.assertEqual(out["choices"][0]["finish_reason"], "length")
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
 
 class ApiKey(unittest.TestCase):
