@@ -341,7 +341,10 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
         };
         run_matmul(m, &gu);
         struct swiglu_task sw = {c->gate, c->up, (size_t)n * I};
-        threadpool_run(m->pool, swiglu_worker, &sw);
+        if (n == 1)
+            swiglu_worker(&sw, 0, 1); /* a decode step: cheaper than a dispatch */
+        else
+            threadpool_run(m->pool, swiglu_worker, &sw);
         matmul1(m, &L->w_down, c->gate, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)
             c->x[i] += c->proj[i];
