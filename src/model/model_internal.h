@@ -25,6 +25,7 @@ struct model {
     float *final_norm;
     double *rope_inv_freq;         /* [head_dim / 2] */
     threadpool *pool;
+    qact *act;                     /* shared quantized activations of a batch */
     pthread_mutex_t pool_lock;     /* one context evaluates at a time */
     size_t weight_bytes;
 };

@@ -309,6 +309,7 @@ void model_free(model *m)
     free(m->rope_inv_freq);
     if (m->pool)
         threadpool_free(m->pool);
+    qact_free(m->act);
     pthread_mutex_destroy(&m->pool_lock);
     st_close(m->st);
     free(m);
@@ -379,6 +380,7 @@ int model_load(const char *dir, int n_threads, model **out, perr *err)
     for (int i = 0; i < c->head_dim / 2; i++)
         m->rope_inv_freq[i] = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
 
+    m->act = qact_new(); /* optional: without it each thread quantizes its own copy */
     m->pool = threadpool_new(n_threads);
     if (!m->pool) {
         perr_set(err, "cannot start worker threads");

@@ -38,6 +38,7 @@ struct mm_job {
 struct mm_task {
     struct mm_job jobs[3];
     int n_jobs, n_tok, total_rows;
+    qact *act; /* when set: activations quantized once for all threads (prefill) */
 };
 
 static void mm_worker(void *arg, int t, int nt)
@@ -57,17 +58,29 @@ static void mm_worker(void *arg, int t, int nt)
             r0 = 0;
         if (r1 > rows)
             r1 = rows;
-        if (r0 < r1)
-            qmatmul(job->w, job->x, task->n_tok, job->y, job->ldy, r0, r1);
+        if (r0 < r1) {
+            if (task->act)
+                qmatmul_prepared(job->w, task->act, job->y, job->ldy, r0, r1);
+            else
+                qmatmul(job->w, job->x, task->n_tok, job->y, job->ldy, r0, r1);
+        }
         base += rows;
     }
 }
 
+static void act_fill_worker(void *arg, int t, int nt) { qact_fill(arg, t, nt); }
+
+/* All jobs of a task share one input x (same columns), so a batch quantizes it once. */
 static void run_matmul(model *m, struct mm_task *task)
 {
     task->total_rows = 0;
     for (int j = 0; j < task->n_jobs; j++)
         task->total_rows += task->jobs[j].w->rows;
+    task->act = NULL;
+    if (task->n_tok > 1 && m->act && qact_reserve(m->act, task->jobs[0].w, task->jobs[0].x, task->n_tok) == 0) {
+        threadpool_run(m->pool, act_fill_worker, m->act);
+        task->act = m->act;
+    }
     threadpool_run(m->pool, mm_worker, task);
 }
 
@@ -101,6 +114,31 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half)
 
 /* ---- attention, parallel over (head, query) pairs ---- */
 
+/* Eight independent partial sums let the compiler vectorise without reassociating float adds. */
+static inline float dot(const float *a, const float *b, int n)
+{
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            acc[k] += a[i + k] * b[i + k];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+/* out += w * v, in blocks of eight for the same reason */
+static inline void axpy(float *out, float w, const float *v, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++)
+            out[i + k] += w * v[i + k];
+    for (; i < n; i++)
+        out[i] += w * v[i];
+}
+
 struct att_task {
     model_ctx *c;
     int layer, n_tok, pos0;
@@ -129,14 +167,10 @@ static void att_worker(void *arg, int t, int nt)
         const float *vc = c->v_cache + layer_off + (size_t)g * c->n_ctx * D;
         float mx = -INFINITY;
         for (int s = 0; s < n_keys; s++) {
-            const float *k = kc + (size_t)s * D;
-            float dot = 0.0f;
-            for (int d = 0; d < D; d++)
-                dot += q[d] * k[d];
-            dot *= scale;
-            scores[s] = dot;
-            if (dot > mx)
-                mx = dot;
+            float sc = dot(q, kc + (size_t)s * D, D) * scale;
+            scores[s] = sc;
+            if (sc > mx)
+                mx = sc;
         }
         float sum = 0.0f;
         for (int s = 0; s < n_keys; s++) {
@@ -146,12 +180,8 @@ static void att_worker(void *arg, int t, int nt)
         float inv = 1.0f / sum;
         float *out = c->att + (size_t)j * nh * D + (size_t)h * D;
         memset(out, 0, (size_t)D * sizeof *out);
-        for (int s = 0; s < n_keys; s++) {
-            const float *v = vc + (size_t)s * D;
-            float w = scores[s] * inv;
-            for (int d = 0; d < D; d++)
-                out[d] += w * v[d];
-        }
+        for (int s = 0; s < n_keys; s++)
+            axpy(out, scores[s] * inv, vc + (size_t)s * D, D);
     }
 }
 
@@ -179,9 +209,8 @@ static void swiglu_worker(void *arg, int t, int nt)
 int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
 {
     const model_config *cfg = &m->cfg;
+    /* n_ctx <= 0 means the model's full context */
     if (n_ctx <= 0 || n_ctx > cfg->max_position_embeddings)
-        n_ctx = n_ctx <= 0 ? cfg->max_position_embeddings : n_ctx;
-    if (n_ctx > cfg->max_position_embeddings)
         n_ctx = cfg->max_position_embeddings;
     model_ctx *c = calloc(1, sizeof *c);
     if (!c)

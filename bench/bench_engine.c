@@ -1,0 +1,232 @@
+/* bench_engine: engine speed on one model folder, against this machine's memory read bandwidth
+ * measured in the same run (the decode roofline).
+ *
+ *   bench_engine --model DIR [--threads N] [--prompt-tokens 512] [--gen-tokens 32] [--bandwidth-mib 1024]
+ *
+ * Reports load time (warm page cache), prefill tokens/s, time to first token, decode tokens/s,
+ * peak RSS and the ratios: decode / (bandwidth / weight bytes per token), prefill / decode,
+ * peak RSS / (weights + KV cache). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/qmatmul.h"
+#include "model/model.h"
+#include "util/threadpool.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+struct bw_task {
+    const uint64_t *buf;
+    size_t n;
+    uint64_t sink[256];
+};
+
+/* vectorised at O3 so one core can approach its share of the memory bandwidth */
+__attribute__((optimize("O3"))) static void bw_worker(void *arg, int t, int nt)
+{
+    struct bw_task *b = arg;
+    size_t per = b->n / (size_t)nt, lo = per * (size_t)t, hi = t == nt - 1 ? b->n : lo + per;
+    uint64_t acc = 0;
+    for (size_t i = lo; i < hi; i++)
+        acc += b->buf[i];
+    b->sink[t & 255] = acc;
+}
+
+/* Read bandwidth in GB/s with the same thread count, measured in a child process so that its buffer
+ * does not count in this process's peak RSS. */
+static double measure_bandwidth(int threads, size_t mib)
+{
+    int fds[2];
+    if (pipe(fds) != 0)
+        return 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fds[0]);
+        size_t n = mib * 1024 * 1024 / 8;
+        uint64_t *buf = malloc(n * 8);
+        double best = 0;
+        if (buf) {
+            for (size_t i = 0; i < n; i++)
+                buf[i] = i;
+            threadpool *p = threadpool_new(threads);
+            struct bw_task task = {.buf = buf, .n = n};
+            for (int rep = 0; rep < 5 && p; rep++) {
+                double t0 = now_s();
+                threadpool_run(p, bw_worker, &task);
+                double dt = now_s() - t0;
+                double gbs = (double)n * 8 / dt / 1e9;
+                if (gbs > best)
+                    best = gbs;
+            }
+            threadpool_free(p);
+        }
+        if (write(fds[1], &best, sizeof best) != (ssize_t)sizeof best)
+            _exit(1);
+        _exit(0);
+    }
+    close(fds[1]);
+    double best = 0;
+    if (pid < 0 || read(fds[0], &best, sizeof best) != (ssize_t)sizeof best)
+        best = 0;
+    close(fds[0]);
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    return best;
+}
+
+static size_t file_bytes_in(const char *dir)
+{
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "du -cb '%s'/*.safetensors 2>/dev/null | tail -1", dir);
+    FILE *f = popen(cmd, "r");
+    unsigned long long n = 0;
+    if (f) {
+        if (fscanf(f, "%llu", &n) != 1)
+            n = 0;
+        pclose(f);
+    }
+    return (size_t)n;
+}
+
+static int argmax(const float *l, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (l[i] > l[b])
+            b = i;
+    return b;
+}
+
+int main(int argc, char **argv)
+{
+    const char *dir = NULL;
+    int threads = 0, n_prompt = 512, n_gen = 32;
+    size_t bw_mib = 1024;
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) {
+            fprintf(stderr, "missing value for %s\n", argv[i]);
+            return 2;
+        }
+        if (strcmp(argv[i], "--model") == 0)
+            dir = v;
+        else if (strcmp(argv[i], "--threads") == 0)
+            threads = atoi(v);
+        else if (strcmp(argv[i], "--prompt-tokens") == 0)
+            n_prompt = atoi(v);
+        else if (strcmp(argv[i], "--gen-tokens") == 0)
+            n_gen = atoi(v);
+        else if (strcmp(argv[i], "--bandwidth-mib") == 0)
+            bw_mib = (size_t)atol(v);
+        else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
+        }
+        i++;
+    }
+    if (!dir || n_prompt < 1 || n_gen < 1) {
+        fprintf(stderr, "usage: bench_engine --model DIR [--threads N] [--prompt-tokens N] [--gen-tokens N]\n");
+        return 2;
+    }
+    if (threads <= 0)
+        threads = cpu_count();
+
+    double bw = measure_bandwidth(threads, bw_mib);
+
+    perr err;
+    model *m;
+    /* first load warms the page cache (and the files were just written); the second one is timed */
+    if (model_load(dir, threads, &m, &err) != 0) {
+        fprintf(stderr, "model_load: %s\n", err.msg);
+        return 1;
+    }
+    model_free(m);
+    double t0 = now_s();
+    if (model_load(dir, threads, &m, &err) != 0) {
+        fprintf(stderr, "model_load: %s\n", err.msg);
+        return 1;
+    }
+    double t_load = now_s() - t0;
+    const model_config *c = model_get_config(m);
+    int n_ctx = n_prompt + n_gen + 1;
+    model_ctx *ctx;
+    if (model_ctx_new(m, n_ctx, &ctx, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    int32_t *toks = malloc((size_t)n_ctx * sizeof *toks);
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    uint64_t s = 12345;
+    for (int i = 0; i < n_ctx; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        toks[i] = (int32_t)((s >> 33) % 151000);
+    }
+
+    /* time to first token: the whole prompt as a batch, head, argmax (first touch of the weights
+     * happened in a short warm-up so page faults are not counted) */
+    if (model_ctx_eval(ctx, toks, 1, logits, NULL, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    model_ctx_truncate(ctx, 0);
+    t0 = now_s();
+    if (model_ctx_eval(ctx, toks, n_prompt, logits, NULL, &err) != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    int next = argmax(logits, c->vocab_size);
+    double t_prefill = now_s() - t0;
+
+    t0 = now_s();
+    for (int i = 0; i < n_gen; i++) {
+        if (model_ctx_eval(ctx, &next, 1, logits, NULL, &err) != 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 1;
+        }
+        next = argmax(logits, c->vocab_size);
+    }
+    double t_decode = now_s() - t0;
+
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double rss = (double)ru.ru_maxrss * 1024.0;
+    double wbytes = (double)model_weight_bytes(m);
+    double files = (double)file_bytes_in(dir);
+    double kv = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * 4.0 * n_ctx;
+    double decode_tps = n_gen / t_decode, prefill_tps = n_prompt / t_prefill;
+    double roofline = bw * 1e9 / wbytes;
+
+    printf("model            %s\n", dir);
+    printf("dims             hidden %d, intermediate %d, layers %d, heads %d/%d, vocab %d, %s head\n",
+           c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size,
+           c->tied_embeddings ? "tied" : "untied");
+    printf("threads          %d (kernels: %s)\n", threads, kernels_isa());
+    printf("bandwidth        %.2f GB/s (read, %zu MiB buffer)\n", bw, bw_mib);
+    printf("weights/token    %.3f GB (files %.3f GB)\n", wbytes / 1e9, files / 1e9);
+    printf("load             %.3f s (warm page cache)\n", t_load);
+    printf("prefill          %.2f tokens/s (%d tokens, %.3f s)\n", prefill_tps, n_prompt, t_prefill);
+    printf("time to 1st tok  %.3f s\n", t_prefill);
+    printf("decode           %.3f tokens/s (%d tokens after a %d-token prompt)\n", decode_tps, n_gen, n_prompt);
+    printf("roofline         %.3f tokens/s (bandwidth / weight bytes per token)\n", roofline);
+    printf("peak RSS         %.3f GB (weights %.3f GB + KV %.3f GB = %.3f GB)\n", rss / 1e9, files / 1e9, kv / 1e9,
+           (files + kv) / 1e9);
+    printf("RATIO decode/roofline   %.2f\n", decode_tps / roofline);
+    printf("RATIO prefill/decode    %.2f\n", prefill_tps / decode_tps);
+    printf("RATIO rss/(weights+kv)  %.3f\n", rss / (files + kv));
+    free(toks);
+    free(logits);
+    model_ctx_free(ctx);
+    model_free(m);
+    return 0;
+}
