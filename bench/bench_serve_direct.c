@@ -53,7 +53,9 @@ int main(int argc, char **argv)
     int count = 0;
     double t_first = 0, t_last = 0;
     int rc;
-    while ((rc = generation_next(g, &tok, &why, &err)) == 1) {
+    while ((rc = generation_next(g, &tok, &why, &err)) > 0) {
+        if (rc == 2)
+            continue; /* a prompt chunk */
         t_last = now();
         if (count++ == 0)
             t_first = t_last;

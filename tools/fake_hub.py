@@ -14,7 +14,8 @@ Faults (--fault SPEC, repeatable, or POST /_faults with one SPEC per line to rep
   corrupt:GLOB[:TIMES]             serve content with one byte changed
   slow:GLOB:BYTES_PER_SEC          throttle bodies
   ignore-range:GLOB                answer Range requests with 200 and the whole file
-  status:CODE:URLGLOB[:TIMES[:RETRY_AFTER]]  answer requests whose URL path matches with CODE
+  status:CODE:URLGLOB[:TIMES[:RETRY_AFTER]]  answer requests whose URL path (or "METHOD path") matches
+                                   with CODE
   ratelimit:URLGLOB:TIMES:SECONDS  429 with a RateLimit header (t=SECONDS)
   redirect-loop:GLOB               resolve URLs of matching files redirect to themselves
   evil-path:PATH                   add PATH (e.g. ../../x.json) to the tree listing
@@ -213,7 +214,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send(code, json.dumps({"error": message}), headers)
 
     def status_fault(self, path):
-        f = self.hub.take("status", path)
+        f = self.hub.take("status", path) or self.hub.take("status", self.command + " " + path)
         if f:
             extra = [("Retry-After", f.retry_after)] if f.retry_after else []
             self.send(f.code, json.dumps({"error": "injected %d" % f.code}), extra)
@@ -475,9 +476,19 @@ class Handler(BaseHTTPRequestHandler):
                     pass
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # Clients hanging up (and our own dropped connections) are part of the game, not errors.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def make_server(hub, port, cdn, host):
     handler = type("H", (Handler,), {"hub": hub, "is_cdn": cdn})
-    srv = ThreadingHTTPServer((host, port), handler)
+    srv = Server((host, port), handler)
     srv.daemon_threads = True
     return srv
 

@@ -172,7 +172,9 @@ int cmd_download_model(int argc, char **argv)
         fprintf(stderr, "Error downloading model: %s\n", err.msg);
         return 1;
     }
-    if (res.from_cache_offline)
+    if (res.hub_unreachable)
+        fprintf(stderr, "Warning: the hub could not be reached; using the complete copy already downloaded.\n");
+    else if (res.from_cache_offline)
         printf("Offline mode: using the copy already in the models directory.\n");
     else if (res.files_fetched == 0)
         printf("All %d files were already downloaded and verified.\n", res.files_total);

@@ -1,5 +1,7 @@
 /* punie serve: the model behind an OpenAI-compatible HTTP API. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,16 +34,29 @@ static void usage(FILE *out)
             "  --log-file P    append the log to P instead of standard error\n");
 }
 
+/* SIGINT/SIGTERM are turned into a byte on a pipe, whatever thread receives them. */
+static int stop_pipe[2] = {-1, -1};
+
+static void on_stop_signal(int sig)
+{
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(stop_pipe[1], &b, 1) < 0) {
+        /* nothing to do: the pipe is full, a stop is already pending */
+    }
+    errno = saved;
+}
+
 /* Once stopping has begun: a second signal, or a shutdown that takes too long, ends the process at once. */
 static void *stop_watchdog(void *arg)
 {
-    sigset_t *set = arg;
-    struct timespec limit = {.tv_sec = 15};
-    int sig = sigtimedwait(set, NULL, &limit);
-    if (sig > 0)
+    (void)arg;
+    struct pollfd p = {.fd = stop_pipe[0], .events = POLLIN};
+    int limit_s = 15;
+    if (poll(&p, 1, limit_s * 1000) > 0)
         log_warn("second signal: exiting now");
     else
-        log_warn("shutdown took longer than %ld s: exiting now", (long)limit.tv_sec);
+        log_warn("shutdown took longer than %d s: exiting now", limit_s);
     _exit(1);
     return NULL;
 }
@@ -126,13 +141,24 @@ int cmd_serve(int argc, char **argv)
         log_set_file(log_file);
     }
 
-    /* Signals are taken by sigwait below: block them before any thread exists so all inherit it. */
+    if (pipe2(stop_pipe, O_CLOEXEC) != 0) {
+        fprintf(stderr, "Error: pipe: %s\n", strerror(errno));
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    /* The threads started from here on leave the stop signals to the main thread. */
     sigset_t stop_set;
     sigemptyset(&stop_set);
     sigaddset(&stop_set, SIGINT);
     sigaddset(&stop_set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
-    signal(SIGPIPE, SIG_IGN);
 
     engine_options eo = {.model_dir = rm.dir, .model_name = rm.name, .n_threads = threads, .n_ctx = ctx,
                          .n_parallel = parallel};
@@ -161,11 +187,14 @@ int cmd_serve(int argc, char **argv)
     fflush(stdout);
     log_info("serving %s from %s", rm.name, rm.dir);
 
-    int sig = 0;
-    sigwait(&stop_set, &sig);
+    pthread_sigmask(SIG_UNBLOCK, &stop_set, NULL);
+    unsigned char sig = 0;
+    while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR)
+        ;
     log_info("%s received: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
     pthread_t watchdog;
-    if (pthread_create(&watchdog, NULL, stop_watchdog, &stop_set) == 0)
+    if (pthread_create(&watchdog, NULL, stop_watchdog, NULL) == 0)
         pthread_detach(watchdog);
     engine_shutdown(e);
     http_server_stop(srv);

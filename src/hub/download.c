@@ -29,7 +29,7 @@
 #define MAX_CHUNKS 4096             /* accepted from a sidecar */
 #define MAX_FILE_SIZE (1LL << 50)
 #define MAX_TREE_PAGES 10000
-#define MAX_FILES 100000
+#define MAX_FILES 10000
 
 /* What a model needs to run; everything else (README, images, .gitattributes...) is skipped. */
 static const char *default_patterns[] = {
@@ -560,7 +560,12 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
             req.range_end = c->end - 1;
         }
         perr e = {{0}};
-        int rc = hub_perform(curl, cfg, f->url, &req, &resp, &e);
+        /* Another worker may refresh the URL (expired CDN link) meanwhile: use a copy. */
+        char url[sizeof f->url];
+        pthread_mutex_lock(&f->mu);
+        memcpy(url, f->url, sizeof url);
+        pthread_mutex_unlock(&f->mu);
+        int rc = hub_perform(curl, cfg, url, &req, &resp, &e);
         pthread_mutex_lock(&f->mu);
         save_sidecar(f);
         bool progressed = c->done > before;
@@ -679,7 +684,9 @@ static int resolve_url(dl *d, dfile *f, CURL *curl, perr *err)
         return perr_set(err, "the hub reports %lld bytes for %s but its file listing says %lld", size, f->path,
                         f->size);
     }
+    pthread_mutex_lock(&f->mu);
     snprintf(f->url, sizeof f->url, "%s", resp.final_url);
+    pthread_mutex_unlock(&f->mu);
     hub_response_free(&resp);
     return 0;
 }
@@ -694,11 +701,16 @@ static int open_incomplete(dl *d, dfile *f, perr *err)
     if (!load_sidecar(f)) {
         if (!plan_chunks(f))
             return perr_set(err, "out of memory");
-        /* An .incomplete without our sidecar comes from an append-only downloader: keep its prefix. */
-        if (f->nchunks == 1 && st.st_size > 0 && st.st_size <= f->size)
-            f->chunks[0].done = st.st_size;
-        else if (st.st_size > 0 && ftruncate(f->fd, 0) != 0)
+        /* An .incomplete without our sidecar comes from an append-only downloader (huggingface_hub before
+         * 1.18 used the same name): keep its prefix. The final hash check covers a wrong guess. */
+        if (st.st_size > 0 && st.st_size <= f->size) {
+            for (int i = 0; i < f->nchunks; i++) {
+                long long have = st.st_size - f->chunks[i].start, len = f->chunks[i].end - f->chunks[i].start;
+                f->chunks[i].done = have <= 0 ? 0 : have < len ? have : len;
+            }
+        } else if (st.st_size > 0 && ftruncate(f->fd, 0) != 0) {
             return perr_errno(err, "cannot reset %s", f->incomplete);
+        }
     }
     pthread_mutex_lock(&f->mu);
     save_sidecar(f);
@@ -821,7 +833,7 @@ static void *worker(void *arg)
 /* ---- revision and listing ---------------------------------------------------------------------- */
 
 static int resolve_revision(const hub_config *cfg, CURL *curl, const char *repo, const char *rev, char *commit,
-                            perr *err)
+                            bool *unreachable, perr *err)
 {
     if (is_commit(rev)) {
         snprintf(commit, 64, "%s", rev);
@@ -833,6 +845,7 @@ static int resolve_revision(const hub_config *cfg, CURL *curl, const char *repo,
     snprintf(url, sizeof url, "%s/api/models/%s/revision/%s?expand=sha", cfg->endpoint, repo, enc);
     hub_response resp = {0};
     if (hub_get_json(curl, cfg, url, repo, rev, &resp, err) != 0) {
+        *unreachable = resp.unreachable;
         hub_response_free(&resp);
         return -1;
     }
@@ -1006,8 +1019,24 @@ int hub_download(const download_opts *o, download_result *res, perr *err)
         return perr_set(err, "cannot start libcurl");
     entry *list = NULL;
     int nlist = 0;
-    if (resolve_revision(&cfg, curl, o->repo, rev, d.commit, err) != 0 ||
-        list_tree(&cfg, curl, o->repo, rev, d.commit, &list, &nlist, err) != 0) {
+    bool unreachable = false;
+    if (resolve_revision(&cfg, curl, o->repo, rev, d.commit, &unreachable, err) != 0) {
+        curl_easy_cleanup(curl);
+        /* Like the Hub's own tools: when the hub cannot be reached, a complete local copy will do. */
+        perr local = {{0}};
+        if (unreachable && offline_lookup(o, rev, res, &local) == 0) {
+            res->from_cache_offline = false;
+            res->hub_unreachable = true;
+            return 0;
+        }
+        if (unreachable) {
+            char msg[sizeof err->msg];
+            snprintf(msg, sizeof msg, "%s", err->msg);
+            perr_set(err, "%s (and %s is not fully downloaded in %s)", msg, o->repo, o->models_dir);
+        }
+        return -1;
+    }
+    if (list_tree(&cfg, curl, o->repo, rev, d.commit, &list, &nlist, err) != 0) {
         curl_easy_cleanup(curl);
         free(list);
         return -1;

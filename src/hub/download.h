@@ -27,6 +27,7 @@ typedef struct download_result {
     int files_fetched;
     long long bytes_total;
     bool from_cache_offline;  /* HF_HUB_OFFLINE and the snapshot was already there */
+    bool hub_unreachable;     /* the hub could not be reached; the complete local copy was used */
 } download_result;
 
 int hub_download(const download_opts *o, download_result *res, perr *err);

@@ -519,8 +519,12 @@ int hub_get_json(CURL *curl, const hub_config *cfg, const char *url, const char 
     int failures = 0;
     for (;;) {
         if (hub_perform(curl, cfg, url, &req, resp, err) != 0) {
-            if (resp->curl_code == CURLE_OK || failures >= cfg->max_retries) /* not a transport problem */
+            if (resp->curl_code == CURLE_OK) /* not a transport problem */
                 return -1;
+            if (failures >= cfg->max_retries) {
+                resp->unreachable = true;
+                return perr_wrap(err, "cannot reach %s", cfg->endpoint);
+            }
             hub_backoff(cfg, failures++);
             continue;
         }

@@ -64,6 +64,7 @@ typedef struct hub_response {
     char *body;
     size_t body_len;
     CURLcode curl_code;      /* transport error of the last attempt, CURLE_OK if none */
+    bool unreachable;        /* hub_get_json gave up on transport errors */
 } hub_response;
 
 void hub_response_free(hub_response *r);

@@ -76,7 +76,7 @@ size_t amx_bytes(amx_prep *a, const qweight *w, int n_tok)
     a->kpg = G / a->K;
     a->groups = cols / G;
     a->ntb = (n_tok + 15) / 16;
-    return qx_align64((size_t)a->ntb * 16 * (size_t)cols) +
+    return qx_align64(2 * (size_t)a->ntb * 16 * (size_t)cols) +
            2 * qx_align64((size_t)a->ntb * (size_t)a->groups * 16 * sizeof(float));
 }
 
@@ -85,7 +85,7 @@ void amx_assign(amx_prep *a, void *mem)
     /* the sizes below repeat amx_bytes; ksteps * K == cols */
     const size_t cols = (size_t)a->ksteps * (size_t)a->K;
     a->xb = mem;
-    a->dxv = (float *)((uint8_t *)mem + qx_align64((size_t)a->ntb * 16 * cols));
+    a->dxv = (float *)((uint8_t *)mem + qx_align64(2 * (size_t)a->ntb * 16 * cols));
     a->xsv = a->dxv + qx_align64((size_t)a->ntb * (size_t)a->groups * 16 * sizeof(float)) / sizeof(float);
 }
 
@@ -97,6 +97,7 @@ void amx_fill(const amx_prep *ap, const qweight *w, const float *x, int n_tok, i
     const int cols = w->cols, G = w->group_size, groups = ap->groups, K = ap->K;
     int8_t *xb = ap->xb;
     float *dxv = ap->dxv, *xsv = ap->xsv;
+    const size_t level2 = (size_t)ap->ntb * 16 * (size_t)cols; /* second int8 level after the first */
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i dword_rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112); /* in dwords */
     /* Token blocks outside, groups inside: the 16 tokens of a group fill 16*G contiguous bytes of
@@ -104,8 +105,10 @@ void amx_fill(const amx_prep *ap, const qweight *w, const float *x, int n_tok, i
     for (int tb = t0 / 16; tb * 16 < t1; tb++) {
         const int tend = t1 < n_tok ? t1 : n_tok;
         const int tn = tend - tb * 16 < 16 ? tend - tb * 16 : 16;
-        if (tn < 16) /* the block with padding tokens: clear it whole */
+        if (tn < 16) { /* the block with padding tokens: clear it whole, both levels */
             memset(xb + (size_t)tb * 16 * (size_t)cols, 0, (size_t)16 * (size_t)cols);
+            memset(xb + level2 + (size_t)tb * 16 * (size_t)cols, 0, (size_t)16 * (size_t)cols);
+        }
         for (int g = 0; g < groups; g++) {
             float *dxg = dxv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
             float *xsg = xsv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
@@ -121,7 +124,7 @@ void amx_fill(const amx_prep *ap, const qweight *w, const float *x, int n_tok, i
                 }
                 const float amax = hmax8(vmax);
                 xsg[n] = hsum8(vsum);
-                dxg[n] = amax / 127.0f;
+                dxg[n] = amax / 127.0f / 256.0f; /* the kernel combines 256 * level 1 + level 2 */
                 const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
                 int8_t *xbt = xb + (size_t)tb * 16 * (size_t)cols + (size_t)n * 4;
                 for (int j = 0; j < G; j += 32) {
@@ -129,7 +132,10 @@ void amx_fill(const amx_prep *ap, const qweight *w, const float *x, int n_tok, i
                      * K is a multiple of 32, so they never straddle a k-step */
                     const int k = g * G + j;
                     int8_t *dst = xbt + (size_t)(k / K) * (size_t)K * 16 + (size_t)((k % K) / 4) * 64;
-                    _mm256_i32scatter_epi32((void *)dst, dword_rows, quant32(xg + j, inv), 4);
+                    __m256i q1, q2;
+                    quant32x2(xg + j, inv, &q1, &q2);
+                    _mm256_i32scatter_epi32((void *)dst, dword_rows, q1, 4);
+                    _mm256_i32scatter_epi32((void *)(dst + level2), dword_rows, q2, 4);
                 }
             }
         }
@@ -164,7 +170,7 @@ void qmatmul_amx_prepared(const qweight *w, const amx_prep *ap, int n_tok, float
 
     uint8_t *wp = kernels_scratch(4, (size_t)PR * (size_t)cols);
     float *sp = kernels_scratch(5, (size_t)groups * PR * 2 * sizeof(float));
-    float *acc = kernels_scratch(6, (size_t)PR * 32 * sizeof(float));
+    float *acc = kernels_scratch(6, (size_t)PR * 16 * sizeof(float));
     int32_t *ctmp = kernels_scratch(7, 2 * 4 * 256 * sizeof(int32_t));
     if (!wp || !sp || !acc || !ctmp)
         return; /* a few hundred KB at most; unreachable in practice */
@@ -202,9 +208,11 @@ void qmatmul_amx_prepared(const qweight *w, const amx_prep *ap, int n_tok, float
             }
         }
         const int two_row_tiles = nr > 16;
-        for (int tb = 0; tb < ntb; tb += 2) {
-            const int nb = ntb - tb < 2 ? ntb - tb : 2;
-            memset(acc, 0, (size_t)PR * 32 * sizeof(float));
+        /* tiles: C 0/1 = rows 0-15 x (level 1, level 2), C 2/3 = rows 16-31 x (level 1, level 2);
+         * A 4/5 = the two row halves; B 6/7 = the two activation levels of one token block */
+        const size_t level2 = (size_t)ntb * 16 * (size_t)cols;
+        for (int tb = 0; tb < ntb; tb++) {
+            memset(acc, 0, (size_t)PR * 16 * sizeof(float));
             for (int g = 0; g < groups; g++) {
                 int32_t *ct = ctmp + (size_t)(g & 1) * 1024;
                 _tile_zero(0);
@@ -213,48 +221,47 @@ void qmatmul_amx_prepared(const qweight *w, const amx_prep *ap, int n_tok, float
                 _tile_zero(3);
                 for (int ks = 0; ks < kpg; ks++) {
                     const size_t s = (size_t)g * (size_t)kpg + (size_t)ks;
+                    const int8_t *bt = xb + ((size_t)tb * (size_t)ksteps + s) * (size_t)K * 16;
                     _tile_loadd(4, wp + s * (size_t)K, cols);
-                    _tile_loadd(6, xb + ((size_t)tb * (size_t)ksteps + s) * (size_t)K * 16, 64);
+                    _tile_loadd(6, bt, 64);
+                    _tile_loadd(7, bt + level2, 64);
                     _tile_dpbusd(0, 4, 6);
+                    _tile_dpbusd(1, 4, 7);
                     if (two_row_tiles) {
                         _tile_loadd(5, wp + 16 * (size_t)cols + s * (size_t)K, cols);
                         _tile_dpbusd(2, 5, 6);
-                    }
-                    if (nb == 2) {
-                        _tile_loadd(7, xb + ((size_t)(tb + 1) * (size_t)ksteps + s) * (size_t)K * 16, 64);
-                        _tile_dpbusd(1, 4, 7);
-                        if (two_row_tiles)
-                            _tile_dpbusd(3, 5, 7);
+                        _tile_dpbusd(3, 5, 7);
                     }
                 }
                 _tile_stored(0, ct, 64);
-                if (nb == 2)
-                    _tile_stored(1, ct + 256, 64);
+                _tile_stored(1, ct + 256, 64);
                 if (two_row_tiles) {
                     _tile_stored(2, ct + 512, 64);
-                    if (nb == 2)
-                        _tile_stored(3, ct + 768, 64);
+                    _tile_stored(3, ct + 768, 64);
                 }
-                for (int rt = 0; rt <= two_row_tiles; rt++)
-                    for (int j = 0; j < nb; j++) {
-                        const int32_t *c = ct + (size_t)(rt * 2 + j) * 256;
-                        const size_t gi = ((size_t)(tb + j) * (size_t)groups + (size_t)g) * 16;
-                        const __m512 dx = _mm512_loadu_ps(dxv + gi), xs = _mm512_loadu_ps(xsv + gi);
-                        const float *sg = sp + (size_t)g * PR + (size_t)(rt * 16);
-                        const float *bg = bp + (size_t)g * PR + (size_t)(rt * 16);
-                        for (int m = 0; m < 16; m++) {
-                            float *a = acc + (size_t)(rt * 16 + m) * 32 + (size_t)(j * 16);
-                            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(c + m * 16))), dx);
-                            __m512 v = _mm512_fmadd_ps(f, _mm512_set1_ps(sg[m]), _mm512_loadu_ps(a));
-                            _mm512_storeu_ps(a, _mm512_fmadd_ps(xs, _mm512_set1_ps(bg[m]), v));
-                        }
+                const size_t gi = ((size_t)tb * (size_t)groups + (size_t)g) * 16;
+                const __m512 dx = _mm512_loadu_ps(dxv + gi), xs = _mm512_loadu_ps(xsv + gi);
+                for (int rt = 0; rt <= two_row_tiles; rt++) {
+                    const int32_t *c1 = ct + (size_t)rt * 512, *c2 = c1 + 256;
+                    const float *sg = sp + (size_t)g * PR + (size_t)(rt * 16);
+                    const float *bg = bp + (size_t)g * PR + (size_t)(rt * 16);
+                    for (int m = 0; m < 16; m++) {
+                        float *a = acc + (size_t)(rt * 16 + m) * 16;
+                        /* 256 * level 1 + level 2; at most 128 * 255 * 127 * 257 < 2^31 */
+                        __m512i dot = _mm512_add_epi32(
+                            _mm512_slli_epi32(_mm512_loadu_si512((const void *)(c1 + m * 16)), 8),
+                            _mm512_loadu_si512((const void *)(c2 + m * 16)));
+                        __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), dx);
+                        __m512 v = _mm512_fmadd_ps(f, _mm512_set1_ps(sg[m]), _mm512_loadu_ps(a));
+                        _mm512_storeu_ps(a, _mm512_fmadd_ps(xs, _mm512_set1_ps(bg[m]), v));
                     }
+                }
             }
             /* y is token-major: write each token's run of rows contiguously */
-            for (int j = 0; j < nb * 16 && tb * 16 + j < n_tok; j++) {
+            for (int j = 0; j < 16 && tb * 16 + j < n_tok; j++) {
                 float *yt = y + (size_t)(tb * 16 + j) * (size_t)ldy + (size_t)r;
                 for (int i = 0; i < nr; i++)
-                    yt[i] = acc[(size_t)i * 32 + (size_t)j];
+                    yt[i] = acc[(size_t)i * 16 + (size_t)j];
             }
         }
     }

@@ -91,13 +91,18 @@ chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, co
     const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
 #pragma GCC unroll 4
     for (int j = 0; j < NT; j++) {
-        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * qchunk;
+        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * 2 * qchunk;
         __m256i ql = _mm256_loadu_si256((const __m256i *)q);
         __m256i qh = bits == 4 ? _mm256_loadu_si256((const __m256i *)(q + CB)) : ql;
+        __m256i ql2 = _mm256_loadu_si256((const __m256i *)(q + qchunk));
+        __m256i qh2 = bits == 4 ? _mm256_loadu_si256((const __m256i *)(q + qchunk + CB)) : ql2;
         __m256 d = _mm256_loadu_ps(p->dxl + (size_t)(t0 + j) * p->dstride + (size_t)c * 8);
 #pragma GCC unroll 4
         for (int i = 0; i < NR; i++) {
-            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot_chunk(lo[i], hi[i], ql, qh, bits)), d);
+            /* 256 * (first level) + second level; fits int32 by far */
+            __m256i dot = _mm256_add_epi32(_mm256_slli_epi32(dot_chunk(lo[i], hi[i], ql, qh, bits), 8),
+                                           dot_chunk(lo[i], hi[i], ql2, qh2, bits));
+            __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), d);
             acc[i][j] = _mm256_fmadd_ps(f, sv[i], acc[i][j]);
         }
     }

@@ -90,13 +90,18 @@ chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, co
     const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
 #pragma GCC unroll 4
     for (int j = 0; j < NT; j++) {
-        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * qchunk;
+        const int8_t *q = p->qx + (size_t)(t0 + j) * p->qstride + (size_t)c * 2 * qchunk;
         __m512i ql = _mm512_loadu_si512((const void *)q);
         __m512i qh = bits == 4 ? _mm512_loadu_si512((const void *)(q + CB)) : ql;
+        __m512i ql2 = _mm512_loadu_si512((const void *)(q + qchunk));
+        __m512i qh2 = bits == 4 ? _mm512_loadu_si512((const void *)(q + qchunk + CB)) : ql2;
         __m512 d = _mm512_loadu_ps(p->dxl + (size_t)(t0 + j) * p->dstride + (size_t)c * 16);
 #pragma GCC unroll 4
         for (int i = 0; i < NR; i++) {
-            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dot_chunk(lo[i], hi[i], ql, qh, bits, vnni)), d);
+            /* 256 * (first level) + second level; fits int32 by far */
+            __m512i dot = _mm512_add_epi32(_mm512_slli_epi32(dot_chunk(lo[i], hi[i], ql, qh, bits, vnni), 8),
+                                           dot_chunk(lo[i], hi[i], ql2, qh2, bits, vnni));
+            __m512 f = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), d);
             acc[i][j] = _mm512_fmadd_ps(f, sv[i], acc[i][j]);
         }
     }

@@ -417,6 +417,16 @@ int api_session_step(api_session *s, perr *err)
     }
     if (rc == 0)
         return finish(s, why == GEN_LENGTH ? "length" : "stop") == 0 ? 0 : perr_set(err, "out of memory");
+    if (rc == 2) {
+        /* Still reading a long prompt: an SSE comment keeps clients and proxies from timing out. */
+        if (s->req.stream) {
+            int done = 0, total = 0;
+            generation_prefill_progress(s->gen, &done, &total);
+            if (sb_printf(&s->out, ": keepalive %d/%d\n\n", done, total) != 0)
+                return perr_set(err, "out of memory");
+        }
+        return 1;
+    }
     if (s->completion_tokens == 0)
         clock_gettime(CLOCK_MONOTONIC, &s->t_first);
     s->completion_tokens++;

@@ -57,6 +57,7 @@ struct generation {
     int n_prompt;
     int cached;
     bool prefilled;
+    int prefill_pos;  /* next prompt position to evaluate; -1 before the cache was matched */
     int32_t pending; /* sampled, not yet evaluated; -1 when none */
     int n_generated;
     gen_params params;
@@ -279,6 +280,7 @@ generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_p
     if (g->params.top_logprobs > ENGINE_MAX_TOP_LOGPROBS)
         g->params.top_logprobs = ENGINE_MAX_TOP_LOGPROBS;
     g->pending = -1;
+    g->prefill_pos = -1;
     g->n_prompt = (int)n;
     g->prompt = malloc(n * sizeof *prompt);
     g->sampler = sampler_new(&p->sampling, e->n_valid);
@@ -378,23 +380,35 @@ static int eval(generation *g, const int32_t *toks, int n, bool want_logits, per
     return 0;
 }
 
-static int prefill(generation *g, perr *err)
+/* Evaluates the next chunk of the prompt (after matching the slot's cache, the first time).
+ * Returns 0 (g->prefilled tells whether the prompt is done), 1 when cancelled, -1 on error. */
+static int prefill_chunk(generation *g, perr *err)
 {
     slot *s = g->s;
-    int keep = common_prefix(s->tokens, s->n_tokens, g->prompt, g->n_prompt);
-    if (keep >= g->n_prompt)
-        keep = g->n_prompt - 1; /* the last prompt token is evaluated again for its logits */
-    model_ctx_truncate(s->ctx, keep);
-    s->n_tokens = keep;
-    g->cached = keep;
-    for (int pos = keep; pos < g->n_prompt; pos += PREFILL_CHUNK) {
-        if (atomic_load(&g->e->shutdown) || (pos > keep && g->should_abort && g->should_abort(g->abort_ud)))
-            return 1;
-        int n = g->n_prompt - pos < PREFILL_CHUNK ? g->n_prompt - pos : PREFILL_CHUNK;
-        if (eval(g, g->prompt + pos, n, pos + n == g->n_prompt, err) != 0)
-            return -1;
+    if (g->prefill_pos < 0) {
+        int keep = common_prefix(s->tokens, s->n_tokens, g->prompt, g->n_prompt);
+        if (keep >= g->n_prompt)
+            keep = g->n_prompt - 1; /* the last prompt token is evaluated again for its logits */
+        model_ctx_truncate(s->ctx, keep);
+        s->n_tokens = keep;
+        g->cached = keep;
+        g->prefill_pos = keep;
+    } else if (g->should_abort && g->should_abort(g->abort_ud)) {
+        return 1;
     }
+    int pos = g->prefill_pos;
+    int n = g->n_prompt - pos < PREFILL_CHUNK ? g->n_prompt - pos : PREFILL_CHUNK;
+    if (eval(g, g->prompt + pos, n, pos + n == g->n_prompt, err) != 0)
+        return -1;
+    g->prefill_pos = pos + n;
+    g->prefilled = g->prefill_pos == g->n_prompt;
     return 0;
+}
+
+void generation_prefill_progress(const generation *g, int *done, int *total)
+{
+    *done = g->prefill_pos < 0 ? 0 : g->prefill_pos;
+    *total = g->n_prompt;
 }
 
 static bool is_eos(const engine *e, int32_t id)
@@ -446,14 +460,15 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
         return 0;
     }
     if (!g->prefilled) {
-        int rc = prefill(g, err);
+        int rc = prefill_chunk(g, err);
         if (rc < 0)
             return -1;
         if (rc > 0) {
             *finish = GEN_CANCELLED;
             return 0;
         }
-        g->prefilled = true;
+        if (!g->prefilled)
+            return 2;
     } else {
         if (g->n_generated >= g->params.max_tokens || s->n_tokens >= e->n_ctx) {
             *finish = GEN_LENGTH;

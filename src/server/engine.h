@@ -67,9 +67,11 @@ typedef struct generation generation;
  * returns true, or on shutdown, this returns NULL with a message in err. */
 generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_params *p,
                          bool (*should_abort)(void *), void *ud, perr *err);
-/* Evaluates what is pending (the prompt, on the first call) and samples the next token.
+/* Evaluates what is pending and samples the next token. A long prompt is evaluated in chunks, one
+ * per call: 2 means a chunk was done and nothing sampled yet (see generation_prefill_progress).
  * Returns 1 with *tok set, 0 when the generation ended (*finish says why), -1 on error. */
 int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr *err);
+void generation_prefill_progress(const generation *g, int *done, int *total);
 int generation_prompt_tokens(const generation *g);
 int generation_cached_tokens(const generation *g); /* prompt tokens reused from the slot's cache */
 /* Releases the slot (its cache stays for the next request). */

@@ -330,8 +330,10 @@ static int step_candidate(tool_parser *p, const tool_parser_sink *sink, bool fin
             i++;
         bool newline_after_lang = open < n && (s[open] == '\n' || s[open] == '\r' || s[open] == ' ');
         if ((i < n && s[i] != '{') || (n > open && !newline_after_lang)) {
+            /* Only the fence up to what ruled it out is content: the rest is scanned again, as it would
+             * be had it arrived in a later chunk. */
             *progressed = true;
-            return resolve(p, sink, 0, 0, n, true);
+            return resolve(p, sink, 0, 0, n > open && !newline_after_lang ? open + 1 : i + 1, true);
         }
         const char *hit = n > open ? memmem(s + open, n - open, FENCE_CLOSE, strlen(FENCE_CLOSE)) : NULL;
         if (hit) {

@@ -212,12 +212,28 @@ class DownloadBasics(HubTest):
         r = self.download()
         self.assertIn("Fetched", r.stderr)
 
-    def test_default_repo_hint_and_models_dir_env(self):
-        # PUNIE_MODELS_DIR is honoured; default-repo hint says "--model local".
-        r = self.punie("download-model", "--list", env=self.env(PUNIE_MODELS_DIR=self.models))
+    def test_default_repo_default_dir_and_hint(self):
+        default = "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit"
+        self.hub.stop()
+        self.hub = FakeHub("--repo", "%s=%s" % (default, FIXTURE))
+        r = self.punie("download-model", "--quiet")
         self.assert_ok(r)
-        r = self.punie("download-model", "--jobs", "0")
-        self.assertEqual(r.returncode, 2)
+        where = os.path.join(self.home, ".cache", "punie", "models")
+        self.assertIn("Downloading %s..." % default, r.stdout)
+        self.assertIn(os.path.join(where, "models--mlx-community--Qwen2.5-Coder-7B-Instruct-4bit"), r.stdout)
+        self.assertRegex(r.stdout, r"punie serve --model local\n")
+        r = self.punie("download-model", "--list")
+        self.assertRegex(r.stdout, r"Qwen2.5-Coder-7B-Instruct-4bit .*yes\n")
+        self.assertRegex(r.stdout, r"Qwen2.5-Coder-3B-Instruct-4bit .*no\n")
+        # $PUNIE_MODELS_DIR is honoured, and the hint then names the folder.
+        r = self.punie("download-model", "--quiet", env=self.env(PUNIE_MODELS_DIR=self.models))
+        self.assert_ok(r)
+        self.assertIn("punie serve --model local --models-dir %s" % self.models, r.stdout)
+
+    def test_bad_options(self):
+        for args in (("--jobs", "0"), ("--jobs",), ("--frobnicate",), (REPO, "extra")):
+            r = self.punie("download-model", *args)
+            self.assertEqual(r.returncode, 2, args)
 
 
 class Auth(HubTest):
@@ -373,6 +389,21 @@ class Errors(HubTest):
         self.assertEqual(later, [])
 
 
+class Unreachable(HubTest):
+    def test_unreachable_hub_uses_complete_copy(self):
+        env = self.env(PUNIE_HUB_MAX_RETRIES="1")
+        self.hub.stop()
+        r = self.download(env=env)
+        self.assert_fails(r, "Error downloading model", "cannot reach %s" % self.hub.url)
+        self.hub = FakeHub()
+        env = self.env(PUNIE_HUB_MAX_RETRIES="1")
+        self.assert_ok(self.download(env=env))
+        self.hub.stop()
+        r = self.download(env=env)
+        self.assert_ok(r)
+        self.assertIn("could not be reached", r.stderr)
+
+
 class Interruptions(HubTest):
     def incomplete_progress(self):
         blobs = os.path.join(self.repo_dir(), "blobs")
@@ -408,6 +439,25 @@ class Interruptions(HubTest):
         self.assertTrue(all(e["range"] and not e["range"].startswith("bytes=0-") for e in resumed), resumed)
         self.assert_complete_and_identical()
         self.assert_ok(self.punie("verify", REPO, "--models-dir", self.models))
+
+    def test_resumes_a_foreign_partial_file(self):
+        # huggingface_hub (before 1.18) leaves blobs/<etag>.incomplete holding a prefix of the content.
+        with open(os.path.join(FIXTURE, WEIGHTS), "rb") as f:
+            data = f.read()
+        blobs = os.path.join(self.repo_dir(), "blobs")
+        os.makedirs(blobs)
+        prefix = 40_000_000
+        with open(os.path.join(blobs, hashlib.sha256(data).hexdigest() + ".incomplete"), "wb") as f:
+            f.write(data[:prefix])
+        self.assert_ok(self.download())
+        gets = [e for e in self.hub.log() if e["listener"] == "cdn" and e["method"] == "GET"]
+        self.assertEqual([e["range"] for e in gets], ["bytes=%d-%d" % (prefix, len(data) - 1)])
+        self.assert_complete_and_identical()
+
+    def test_expired_cdn_link_is_refreshed(self):
+        self.hub.set_faults("status:403:GET /cdn/*:1")
+        self.assert_ok(self.download())
+        self.assert_complete_and_identical()
 
     def test_concurrent_downloads_of_the_same_model(self):
         self.hub.set_faults("slow:%s:30000000" % WEIGHTS)

@@ -18,7 +18,7 @@ DEFAULT_REPO = "mlx-community/Qwen2.5-Coder-7B-Instruct-4bit"
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PUNIE_") or k in ("PUNIE_BIN",)}
+    env = {k: v for k, v in os.environ.items() if k not in ("PUNIE_MODEL", "PUNIE_MODELS_DIR", "PUNIE_API_KEY")}
     env.update(extra)
     return env
 
@@ -172,6 +172,21 @@ class StartUp(unittest.TestCase):
             r = self.run_serve("--model", d, "--port", "0")
             self.assertEqual(r.returncode, 1)
             self.assertIn("not a complete model folder", r.stderr)
+
+    def test_unsupported_model(self):
+        with tempfile.TemporaryDirectory() as d:
+            for name in os.listdir(MODEL):
+                if name != "config.json":
+                    os.symlink(os.path.join(MODEL, name), os.path.join(d, name))
+            with open(os.path.join(MODEL, "config.json")) as f:
+                cfg = json.load(f)
+            cfg["num_hidden_layers"] = 3  # the weights hold 2 layers
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(cfg, f)
+            r = self.run_serve("--model", d, "--port", "0", "--threads", "2")
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("Error: cannot load model", r.stderr)
+            self.assertNotIn("started", r.stdout)
 
     def test_port_in_use(self):
         s = socket.socket()
@@ -438,17 +453,19 @@ class Api(unittest.TestCase):
         cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
         self.assertGreaterEqual(cached, a["usage"]["prompt_tokens"] - 1)
         self.assertLess(cached, b["usage"]["prompt_tokens"])
-        # An identical request reuses all but the last prompt token, and answers the same.
+        # An identical request reuses all but the last prompt token. (Its reply is not compared: kernels
+        # that quantize activations may round a batched prefill differently from a cached one.)
         st, c = self.srv.json("POST", "/v1/chat/completions", {"messages": second, "max_tokens": 4, "temperature": 0})
         self.assertEqual(c["usage"]["prompt_tokens_details"]["cached_tokens"], c["usage"]["prompt_tokens"] - 1)
-        self.assertEqual(c["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"])
+        self.assertEqual(c["usage"]["completion_tokens"], 4)
 
     def test_concurrent_clients(self):
         results = [None] * 5
-        want = self.srv.json("POST", "/v1/chat/completions", chat("count to ten", max_tokens=12, temperature=0))[1]
 
         def worker(i):
-            results[i] = self.srv.json("POST", "/v1/chat/completions", chat("count to ten", max_tokens=12, temperature=0))
+            # Different prompts, so that no two requests share a slot's cache by chance.
+            results[i] = self.srv.json("POST", "/v1/chat/completions",
+                                       chat(f"count to {i + 10}", max_tokens=12, temperature=0, stop="\u00a7\u00a7"))
 
         threads = [threading.Thread(target=worker, args=(i,)) for i in range(5)]
         for t in threads:
@@ -459,7 +476,21 @@ class Api(unittest.TestCase):
             t.join(120)
         for st, body in results:
             self.assertEqual(st, 200, body)
-            self.assertEqual(body["choices"][0]["message"]["content"], want["choices"][0]["message"]["content"])
+            u = body["usage"]
+            self.assertTrue(u["completion_tokens"] == 12 or body["choices"][0]["finish_reason"] == "stop", body)
+        self.assertEqual(len({b["id"] for _, b in results}), 5)
+
+    def test_long_prompt_keepalive(self):
+        # A prompt of several chunks: the stream says it is alive while the prompt is read.
+        c = self.srv.conn()
+        c.request("POST", "/v1/chat/completions", body=json.dumps(chat("word " * 1200, stream=True, max_tokens=2)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        raw = r.read().decode()
+        c.close()
+        self.assertEqual(r.status, 200)
+        self.assertRegex(raw, r": keepalive \d+/12\d\d\n\n")
+        self.assertTrue(raw.endswith("data: [DONE]\n\n"))
 
     def test_client_disconnect_mid_stream(self):
         c = socket.create_connection(("127.0.0.1", self.srv.port), timeout=30)
@@ -476,6 +507,30 @@ class Api(unittest.TestCase):
         self.assertIn("client went away", self.srv.read_log())
         st, body = self.srv.json("POST", "/v1/chat/completions", chat("Hello", max_tokens=3))
         self.assertEqual(st, 200)
+
+
+class ReferenceExact(unittest.TestCase):
+    """With the portable float32 kernels the engine is exact: the API must give the reference's 48 greedy
+    tokens whatever the SIMD kernels do (streaming is checked against the whole reply in Api)."""
+
+    def test_reference_greedy_exact_scalar(self):
+        with open(os.path.join(REF, "chat-short.request.json")) as f:
+            req = json.load(f)
+        with open(os.path.join(REF, "chat-short.json")) as f:
+            ref = json.load(f)
+        want_ids = ref["greedy_masked"]
+        want_text = decode(want_ids)
+        srv = Server("--ctx-size", "128", env=clean_env(PUNIE_ISA="scalar"))
+        try:
+            body = {"messages": req["messages"], "temperature": 0, "repetition_penalty": 1,
+                    "max_tokens": len(want_ids)}
+            st, out = srv.json("POST", "/v1/chat/completions", body)
+            self.assertEqual(st, 200, out)
+            self.assertEqual(out["choices"][0]["message"]["content"], want_text)
+            self.assertEqual(out["usage"]["completion_tokens"], len(want_ids))
+            self.assertEqual(out["choices"][0]["finish_reason"], "length")
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
 
 class ApiKey(unittest.TestCase):
