@@ -62,51 +62,62 @@ struct mm_job {
 
 struct mm_task {
     struct mm_job jobs[3];
-    int n_jobs, n_tok, total_rows;
-    qact *act; /* when set: activations quantized once for all threads (prefill) */
+    int n_jobs, n_tok;
+    int chunk_rows[3]; /* rows per work item of each job */
+    int first_item[4]; /* job j owns items [first_item[j], first_item[j + 1]) */
+    qact *act; /* when set: activations quantized once for all threads */
 };
 
-static void mm_worker(void *arg, int t, int nt)
+/* Rows per work item: about this many weight bytes, so items are many and small enough that a
+ * delayed thread holds back little, yet large against the cost of claiming one. */
+#define ITEM_BYTES (96 * 1024)
+
+static void mm_item(void *arg, int item, int thread)
 {
+    (void)thread;
     const struct mm_task *task = arg;
-    int per = (task->total_rows + nt - 1) / nt;
-    per = (per + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
-    int lo = t * per, hi = lo + per;
-    if (hi > task->total_rows)
-        hi = task->total_rows;
-    int base = 0;
-    for (int j = 0; j < task->n_jobs && lo < hi; j++) {
-        const struct mm_job *job = &task->jobs[j];
-        int rows = job->w->rows;
-        int r0 = lo - base, r1 = hi - base;
-        if (r0 < 0)
-            r0 = 0;
-        if (r1 > rows)
-            r1 = rows;
-        if (r0 < r1) {
-            if (task->act)
-                qmatmul_prepared(job->w, task->act, job->y, job->ldy, r0, r1);
-            else
-                qmatmul(job->w, job->x, task->n_tok, job->y, job->ldy, r0, r1);
-        }
-        base += rows;
-    }
+    int j = 0;
+    while (j + 1 < task->n_jobs && item >= task->first_item[j + 1])
+        j++;
+    const struct mm_job *job = &task->jobs[j];
+    int r0 = (item - task->first_item[j]) * task->chunk_rows[j];
+    int r1 = r0 + task->chunk_rows[j] < job->w->rows ? r0 + task->chunk_rows[j] : job->w->rows;
+    if (task->act)
+        qmatmul_prepared(job->w, task->act, job->y, job->ldy, r0, r1);
+    else
+        qmatmul(job->w, job->x, task->n_tok, job->y, job->ldy, r0, r1);
 }
 
 static void act_fill_worker(void *arg, int t, int nt) { qact_fill(arg, t, nt); }
 
-/* All jobs of a task share one input x (same columns), so a batch quantizes it once. */
+/* All jobs of a task share one input x (same columns), so it is quantized once: by the caller for
+ * a single token (a few microseconds, cheaper than a dispatch), by all threads for a batch. */
 static void run_matmul(model *m, struct mm_task *task)
 {
-    task->total_rows = 0;
-    for (int j = 0; j < task->n_jobs; j++)
-        task->total_rows += task->jobs[j].w->rows;
+    int items = 0;
+    for (int j = 0; j < task->n_jobs; j++) {
+        const qweight *w = task->jobs[j].w;
+        size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8 + 1;
+        size_t rows = ITEM_BYTES / row_bytes;
+        if (task->n_tok > 1)
+            rows *= 2; /* prefill: compute-bound, fewer and larger items */
+        rows = (rows + ROW_ALIGN - 1) / ROW_ALIGN * ROW_ALIGN;
+        if (rows < ROW_ALIGN)
+            rows = ROW_ALIGN;
+        task->chunk_rows[j] = (int)rows;
+        task->first_item[j] = items;
+        items += (int)(((size_t)w->rows + rows - 1) / rows);
+    }
+    task->first_item[task->n_jobs] = items;
     task->act = NULL;
-    if (task->n_tok > 1 && m->act && qact_reserve(m->act, task->jobs[0].w, task->jobs[0].x, task->n_tok) == 0) {
-        threadpool_run(m->pool, act_fill_worker, m->act);
+    if (m->act && qact_reserve(m->act, task->jobs[0].w, task->jobs[0].x, task->n_tok) == 0) {
+        if (task->n_tok == 1)
+            qact_fill(m->act, 0, 1);
+        else
+            threadpool_run(m->pool, act_fill_worker, m->act);
         task->act = m->act;
     }
-    threadpool_run(m->pool, mm_worker, task);
+    threadpool_for(m->pool, mm_item, task, items);
 }
 
 static void matmul1(model *m, const qweight *w, const float *x, int n_tok, float *y, int ldy)
@@ -144,7 +155,7 @@ struct att_task {
     int layer, n_tok, pos0;
 };
 
-static void att_worker(void *arg, int t, int nt)
+static void att_item(void *arg, int it, int t)
 {
     const struct att_task *a = arg;
     model_ctx *c = a->c;
@@ -152,23 +163,17 @@ static void att_worker(void *arg, int t, int nt)
     const int D = cfg->head_dim, nh = cfg->n_heads, nkv = cfg->n_kv_heads;
     const int group = nh / nkv;
     const float scale = 1.0f / sqrtf((float)D);
-    const int items = nh * a->n_tok;
-    int per = (items + nt - 1) / nt;
-    int lo = t * per, hi = lo + per < items ? lo + per : items;
     float *scores = c->scores + (size_t)t * c->n_ctx;
-    const attend_fn attend = c->m->attend;
     const size_t layer_off = (size_t)a->layer * nkv * c->n_ctx * D;
-
-    for (int it = lo; it < hi; it++) {
-        int h = it / a->n_tok, j = it % a->n_tok;
-        int g = h / group;
-        int n_keys = a->pos0 + j + 1; /* causal: keys 0..pos */
-        const float *q = c->q + (size_t)j * nh * D + (size_t)h * D;
-        const float *kc = c->k_cache + layer_off + (size_t)g * c->n_ctx * D;
-        const float *vc = c->v_cache + layer_off + (size_t)g * c->n_ctx * D;
-        float *out = c->att + (size_t)j * nh * D + (size_t)h * D;
-        attend(q, kc, vc, n_keys, D, scale, scores, out);
-    }
+    /* later queries see more keys: hand them out first so the last items are the short ones */
+    int h = it % nh, j = a->n_tok - 1 - it / nh;
+    int g = h / group;
+    int n_keys = a->pos0 + j + 1; /* causal: keys 0..pos */
+    const float *q = c->q + (size_t)j * nh * D + (size_t)h * D;
+    const float *kc = c->k_cache + layer_off + (size_t)g * c->n_ctx * D;
+    const float *vc = c->v_cache + layer_off + (size_t)g * c->n_ctx * D;
+    float *out = c->att + (size_t)j * nh * D + (size_t)h * D;
+    c->m->attend(q, kc, vc, n_keys, D, scale, scores, out);
 }
 
 /* ---- SwiGLU, parallel over elements ---- */
@@ -313,7 +318,7 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
         }
 
         struct att_task at = {.c = c, .layer = l, .n_tok = n, .pos0 = pos0};
-        threadpool_run(m->pool, att_worker, &at);
+        threadpool_for(m->pool, att_item, &at, nh * n);
 
         matmul1(m, &L->wo, c->att, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)

@@ -1,26 +1,34 @@
-/* Dispatch is a generation counter: the caller publishes the job and bumps the counter, workers
- * that see a new generation run their share and count themselves done. Spinning first keeps the
- * per-dispatch cost in the microseconds during decode; sleeping on a condition variable keeps idle
- * pools from burning CPU. */
+/* Dispatch publishes one 64-bit word: generation (16 bits), item count (24) and next unclaimed item
+ * (24). Threads claim items with a compare-and-swap that also checks the generation, so a thread
+ * that wakes late can never claim an item of a newer job with an older job's function. The caller
+ * claims items too and returns once every item is done; it never waits for a worker that has not
+ * started, which matters when the pool shares its cores with other processes. Workers spin for a
+ * short while between jobs (a decode step dispatches every few hundred microseconds) and then sleep
+ * on a condition variable so that idle pools do not burn CPU. */
 #include "util/threadpool.h"
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <unistd.h>
 
-#define SPIN_ITERS 20000
+#define SPIN_ITERS 8000
+
+#define GEN_SHIFT 48
+#define CNT_SHIFT 24
+#define FIELD_MASK 0xffffffu
 
 struct threadpool {
     int n;
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    threadpool_fn fn;
+    threadpool_item_fn fn;
     void *arg;
-    atomic_uint gen;
+    _Atomic uint64_t work;
     atomic_int done;
     atomic_int sleepers;
     atomic_bool stop;
@@ -44,24 +52,47 @@ int cpu_count(void)
     return n < 1 ? 1 : (int)n;
 }
 
+static inline unsigned word_gen(uint64_t w) { return (unsigned)(w >> GEN_SHIFT); }
+
+/* Claims and runs items of generation gen until none is left. */
+static void drain(threadpool *p, unsigned gen, int idx)
+{
+    uint64_t w = atomic_load_explicit(&p->work, memory_order_acquire);
+    for (;;) {
+        if (word_gen(w) != gen)
+            return;
+        unsigned count = (unsigned)(w >> CNT_SHIFT) & FIELD_MASK, next = (unsigned)w & FIELD_MASK;
+        if (next >= count)
+            return;
+        if (!atomic_compare_exchange_weak_explicit(&p->work, &w, w + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;
+        /* The job cannot finish before this item is done, so fn and arg are still this job's. */
+        p->fn(p->arg, (int)next, idx);
+        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        w = atomic_load_explicit(&p->work, memory_order_acquire);
+    }
+}
+
 static void *worker_main(void *v)
 {
     struct worker_arg *wa = v;
     threadpool *p = wa->p;
     int idx = wa->idx;
     free(wa);
-    unsigned seen = 0; /* generations start at 0 when the pool is created; none is missed */
+    unsigned seen = 0; /* the first job is generation 1 */
     for (;;) {
         unsigned g;
         int spins = 0;
-        while ((g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen && !atomic_load(&p->stop)) {
+        while ((g = word_gen(atomic_load_explicit(&p->work, memory_order_acquire))) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_relaxed)) {
             if (++spins < SPIN_ITERS) {
                 cpu_relax();
                 continue;
             }
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->sleepers, 1);
-            while (atomic_load(&p->gen) == seen && !atomic_load(&p->stop))
+            while (word_gen(atomic_load(&p->work)) == seen && !atomic_load(&p->stop))
                 pthread_cond_wait(&p->cv, &p->mu);
             atomic_fetch_sub(&p->sleepers, 1);
             pthread_mutex_unlock(&p->mu);
@@ -70,8 +101,7 @@ static void *worker_main(void *v)
         if (atomic_load(&p->stop))
             return NULL;
         seen = g;
-        p->fn(p->arg, idx, p->n);
-        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        drain(p, g, idx);
     }
 }
 
@@ -120,26 +150,61 @@ void threadpool_free(threadpool *p)
 
 int threadpool_size(const threadpool *p) { return p->n; }
 
-void threadpool_run(threadpool *p, threadpool_fn fn, void *arg)
+void threadpool_for(threadpool *p, threadpool_item_fn fn, void *arg, int n_items)
 {
-    if (p->n == 1) {
-        fn(arg, 0, 1);
+    if (n_items <= 0)
+        return;
+    if (p->n == 1 || n_items == 1) {
+        for (int i = 0; i < n_items; i++)
+            fn(arg, i, 0);
+        return;
+    }
+    if ((unsigned)n_items > FIELD_MASK) {
+        /* beyond the word's range (callers stay far below): run in slices */
+        for (int i = 0; i < n_items; i++)
+            fn(arg, i, 0);
         return;
     }
     p->fn = fn;
     p->arg = arg;
-    atomic_store(&p->done, 0);
-    pthread_mutex_lock(&p->mu);
-    atomic_fetch_add_explicit(&p->gen, 1, memory_order_release);
-    if (atomic_load(&p->sleepers) > 0)
+    atomic_store_explicit(&p->done, 0, memory_order_relaxed);
+    uint64_t old = atomic_load_explicit(&p->work, memory_order_relaxed);
+    unsigned gen = (word_gen(old) + 1) & 0xffffu;
+    if (gen == 0)
+        gen = 1; /* 0 is what a new worker has seen */
+    atomic_store_explicit(&p->work, ((uint64_t)gen << GEN_SHIFT) | ((uint64_t)n_items << CNT_SHIFT),
+                          memory_order_seq_cst); /* ordered before the sleepers check (a worker
+                                                    going to sleep checks the other way round) */
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);
-    pthread_mutex_unlock(&p->mu);
-    fn(arg, 0, p->n);
+        pthread_mutex_unlock(&p->mu);
+    }
+    drain(p, gen, 0);
     int spins = 0;
-    while (atomic_load_explicit(&p->done, memory_order_acquire) < p->n - 1) {
+    while (atomic_load_explicit(&p->done, memory_order_acquire) < n_items) {
         if (++spins < 4096)
             cpu_relax();
         else
             sched_yield();
     }
+}
+
+struct parts {
+    threadpool_fn fn;
+    void *arg;
+    int n;
+};
+
+static void part_item(void *arg, int item, int thread)
+{
+    (void)thread;
+    const struct parts *s = arg;
+    s->fn(s->arg, item, s->n);
+}
+
+void threadpool_run(threadpool *p, threadpool_fn fn, void *arg)
+{
+    struct parts s = {fn, arg, p->n};
+    threadpool_for(p, part_item, &s, p->n);
 }
