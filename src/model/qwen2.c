@@ -65,6 +65,7 @@ struct mm_task {
     int n_jobs, n_tok;
     int chunk_rows[3]; /* rows per work item of each job */
     int first_item[4]; /* job j owns items [first_item[j], first_item[j + 1]) */
+    int swiglu;        /* jobs are gate and up: an item does the same rows of both, then SwiGLU */
     qact *act; /* when set: activations quantized once for all threads */
 };
 
@@ -72,20 +73,47 @@ struct mm_task {
  * delayed thread holds back little, yet large against the cost of claiming one. */
 #define ITEM_BYTES (96 * 1024)
 
+static void mm_rows(const struct mm_task *task, const struct mm_job *job, int r0, int r1)
+{
+    if (task->act)
+        qmatmul_prepared(job->w, task->act, job->y, job->ldy, r0, r1);
+    else
+        qmatmul(job->w, job->x, task->n_tok, job->y, job->ldy, r0, r1);
+}
+
+/* gate = silu(gate) * up on the item's rows, right after computing them (still in cache) */
+static void swiglu_item(const struct mm_task *task, int item)
+{
+    const struct mm_job *g = &task->jobs[0], *u = &task->jobs[1];
+    int r0 = item * task->chunk_rows[0];
+    int r1 = r0 + task->chunk_rows[0] < g->w->rows ? r0 + task->chunk_rows[0] : g->w->rows;
+    mm_rows(task, g, r0, r1);
+    mm_rows(task, u, r0, r1);
+    for (int t = 0; t < task->n_tok; t++) {
+        float *gp = g->y + (size_t)t * g->ldy;
+        const float *up = u->y + (size_t)t * u->ldy;
+        for (int i = r0; i < r1; i++) {
+            float v = gp[i];
+            gp[i] = v / (1.0f + expf(-v)) * up[i];
+        }
+    }
+}
+
 static void mm_item(void *arg, int item, int thread)
 {
     (void)thread;
     const struct mm_task *task = arg;
+    if (task->swiglu) {
+        swiglu_item(task, item);
+        return;
+    }
     int j = 0;
     while (j + 1 < task->n_jobs && item >= task->first_item[j + 1])
         j++;
     const struct mm_job *job = &task->jobs[j];
     int r0 = (item - task->first_item[j]) * task->chunk_rows[j];
     int r1 = r0 + task->chunk_rows[j] < job->w->rows ? r0 + task->chunk_rows[j] : job->w->rows;
-    if (task->act)
-        qmatmul_prepared(job->w, task->act, job->y, job->ldy, r0, r1);
-    else
-        qmatmul(job->w, job->x, task->n_tok, job->y, job->ldy, r0, r1);
+    mm_rows(task, job, r0, r1);
 }
 
 static void act_fill_worker(void *arg, int t, int nt) { qact_fill(arg, t, nt); }
@@ -98,6 +126,8 @@ static void run_matmul(model *m, struct mm_task *task)
     for (int j = 0; j < task->n_jobs; j++) {
         const qweight *w = task->jobs[j].w;
         size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8 + 1;
+        if (task->swiglu)
+            row_bytes *= 2; /* an item covers its rows in both matrices */
         size_t rows = ITEM_BYTES / row_bytes;
         if (task->n_tok > 1)
             rows *= 2; /* prefill: compute-bound, fewer and larger items */
@@ -107,8 +137,10 @@ static void run_matmul(model *m, struct mm_task *task)
         task->chunk_rows[j] = (int)rows;
         task->first_item[j] = items;
         items += (int)(((size_t)w->rows + rows - 1) / rows);
+        if (task->swiglu)
+            break;
     }
-    task->first_item[task->n_jobs] = items;
+    task->first_item[task->swiglu ? 1 : task->n_jobs] = items;
     task->act = NULL;
     if (m->act && qact_reserve(m->act, task->jobs[0].w, task->jobs[0].x, task->n_tok) == 0) {
         if (task->n_tok == 1)
@@ -174,25 +206,6 @@ static void att_item(void *arg, int it, int t)
     const float *vc = c->v_cache + layer_off + (size_t)g * c->n_ctx * D;
     float *out = c->att + (size_t)j * nh * D + (size_t)h * D;
     c->m->attend(q, kc, vc, n_keys, D, scale, scores, out);
-}
-
-/* ---- SwiGLU, parallel over elements ---- */
-
-struct swiglu_task {
-    float *gate;
-    const float *up;
-    size_t n;
-};
-
-static void swiglu_worker(void *arg, int t, int nt)
-{
-    const struct swiglu_task *s = arg;
-    size_t per = (s->n + (size_t)nt - 1) / (size_t)nt;
-    size_t lo = (size_t)t * per, hi = lo + per < s->n ? lo + per : s->n;
-    for (size_t i = lo; i < hi; i++) {
-        float g = s->gate[i];
-        s->gate[i] = g / (1.0f + expf(-g)) * s->up[i];
-    }
 }
 
 /* ---- context ---- */
@@ -328,14 +341,9 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
             rmsnorm(c->xn + (size_t)j * H, c->x + (size_t)j * H, L->mlp_norm, H, cfg->rms_norm_eps);
         struct mm_task gu = {
             .jobs = {{&L->w_gate, c->xn, c->gate, I}, {&L->w_up, c->xn, c->up, I}},
-            .n_jobs = 2, .n_tok = n,
+            .n_jobs = 2, .n_tok = n, .swiglu = 1,
         };
         run_matmul(m, &gu);
-        struct swiglu_task sw = {c->gate, c->up, (size_t)n * I};
-        if (n == 1)
-            swiglu_worker(&sw, 0, 1); /* a decode step: cheaper than a dispatch */
-        else
-            threadpool_run(m->pool, swiglu_worker, &sw);
         matmul1(m, &L->w_down, c->gate, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)
             c->x[i] += c->proj[i];
