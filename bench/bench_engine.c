@@ -29,6 +29,7 @@ static double now_s(void)
 struct bw_task {
     const uint64_t *buf;
     size_t n, per_item;
+    int prefetch; /* read 8 KB ahead in software as the matmul kernels do */
     uint64_t sink[256];
 };
 
@@ -40,13 +41,25 @@ __attribute__((optimize("O3"))) static void bw_item(void *arg, int item, int t)
     struct bw_task *b = arg;
     size_t lo = b->per_item * (size_t)item, hi = lo + b->per_item < b->n ? lo + b->per_item : b->n;
     uint64_t acc = 0;
-    for (size_t i = lo; i < hi; i++)
-        acc += b->buf[i];
+    if (b->prefetch) {
+        size_t i = lo;
+        for (; i + 8 <= hi; i += 8) {
+            __builtin_prefetch(b->buf + i + 1024);
+            for (int j = 0; j < 8; j++)
+                acc += b->buf[i + j];
+        }
+        for (; i < hi; i++)
+            acc += b->buf[i];
+    } else {
+        for (size_t i = lo; i < hi; i++)
+            acc += b->buf[i];
+    }
     b->sink[t & 255] += acc;
 }
 
-/* Read bandwidth in GB/s (best of 10 passes) with the same thread count, measured in a child process so that its buffer
- * does not count in this process's peak RSS. */
+/* Read bandwidth in GB/s (best of 10 passes, with and without software prefetch, so that the
+ * roofline is not below what the kernels reach) with the same thread count, measured in a child
+ * process so that its buffer does not count in this process's peak RSS. */
 static double measure_bandwidth(int threads, size_t mib)
 {
     int fds[2];
@@ -65,6 +78,7 @@ static double measure_bandwidth(int threads, size_t mib)
             struct bw_task task = {.buf = buf, .n = n, .per_item = 512 * 1024 / 8};
             const int items = (int)((n + task.per_item - 1) / task.per_item);
             for (int rep = 0; rep < 10 && p; rep++) {
+                task.prefetch = rep & 1;
                 double t0 = now_s();
                 threadpool_for(p, bw_item, &task, items);
                 double dt = now_s() - t0;
