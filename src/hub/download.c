@@ -41,6 +41,17 @@ typedef struct chunk {
     long long start, end, done; /* [start, end), done bytes written from start */
 } chunk;
 
+/* Received bytes are gathered into buffers of this size: one write per buffer instead of one per libcurl
+ * callback (16 KB), and the same buffer is then hashed from memory. */
+#define WRITE_BUF (1u << 20)
+#define HASH_QUEUE 8
+
+typedef struct hash_buf {
+    char *data;
+    size_t len;
+    bool busy; /* queued for the hashing thread; guarded by the file's mutex */
+} hash_buf;
+
 struct dl;
 
 typedef struct dfile {
@@ -59,8 +70,10 @@ typedef struct dfile {
     int nchunks, chunks_left;
     /* hashing follows the contiguous written prefix in its own thread */
     pthread_t hasher;
-    bool hasher_running, hash_stop, hash_done, hash_failed, hashing, hasher_waiting;
-    long long hashed;
+    bool hasher_running, hash_stop, hash_done, hash_failed;
+    long long hashed, claimed;
+    hash_buf *queue[HASH_QUEUE];
+    int qhead, nqueued;
     int front;                /* first chunk not yet complete */
     blob_hasher hash;
     char digest[72];
@@ -350,33 +363,54 @@ static long long frontier(dfile *f)
     return f->front < f->nchunks ? f->chunks[f->front].start + f->chunks[f->front].done : f->size;
 }
 
-/* The hash follows the contiguous written prefix. A worker writing exactly at the hashed position hashes its
- * buffer in place (no re-read); this thread catches up on blocks that arrived out of order, from the file.
- * f->hashing marks who currently owns the hash state. */
+/* Give back every buffer still waiting to be hashed. Caller holds f->mu. */
+static void drop_queue(dfile *f)
+{
+    for (int i = 0; i < f->nqueued; i++)
+        f->queue[(f->qhead + i) % HASH_QUEUE]->busy = false;
+    f->nqueued = 0;
+    pthread_cond_broadcast(&f->cv);
+}
+
+/* The hash follows the written prefix in order, on its own thread so that it overlaps the network. Data
+ * written exactly where the claimed prefix ends is handed over in memory (no re-read); data that arrived
+ * ahead of it (other connections) is read back from the file once the gap before it is filled.
+ * [hashed, claimed) is what this thread has taken on: queued buffers or a range being read back. */
 static void *hash_thread(void *arg)
 {
     dfile *f = arg;
     size_t cap = 4u << 20;
-    char *buf = malloc(cap);
-    bool failed = buf == NULL;
+    char *buf = NULL;
+    bool failed = false;
+    pthread_mutex_lock(&f->mu);
     for (;;) {
-        pthread_mutex_lock(&f->mu);
         long long upto = 0;
-        while (!failed && !f->hash_stop && f->hashed < f->size && (f->hashing || (upto = frontier(f)) <= f->hashed)) {
-            f->hasher_waiting = true;
+        while (!failed && !f->hash_stop && f->hashed < f->size && f->nqueued == 0 &&
+               (upto = frontier(f)) <= f->claimed)
             pthread_cond_wait(&f->cv, &f->mu);
-            f->hasher_waiting = false;
-        }
-        if (failed || f->hash_stop || f->hashed >= f->size) {
-            pthread_mutex_unlock(&f->mu);
+        if (failed || f->hash_stop || f->hashed >= f->size)
             break;
+        if (f->nqueued > 0) {
+            hash_buf *b = f->queue[f->qhead];
+            pthread_mutex_unlock(&f->mu);
+            blob_hasher_update(&f->hash, b->data, b->len);
+            pthread_mutex_lock(&f->mu);
+            f->hashed += (long long)b->len;
+            f->qhead = (f->qhead + 1) % HASH_QUEUE;
+            f->nqueued--;
+            b->busy = false;
+            pthread_cond_broadcast(&f->cv);
+            continue;
         }
-        long long pos = f->hashed;
-        f->hashing = true;
+        long long pos = f->claimed;
+        if (upto - pos > (long long)cap)
+            upto = pos + (long long)cap;
+        f->claimed = upto;
         pthread_mutex_unlock(&f->mu);
-        while (pos < upto) {
-            size_t want = (size_t)(upto - pos < (long long)cap ? upto - pos : (long long)cap);
-            ssize_t r = pread(f->fd, buf, want, pos);
+        if (!buf && !(buf = malloc(cap)))
+            failed = true;
+        while (!failed && pos < upto) {
+            ssize_t r = pread(f->fd, buf, (size_t)(upto - pos), pos);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r <= 0) {
@@ -388,11 +422,8 @@ static void *hash_thread(void *arg)
         }
         pthread_mutex_lock(&f->mu);
         f->hashed = pos;
-        f->hashing = false;
-        pthread_mutex_unlock(&f->mu);
     }
-    free(buf);
-    pthread_mutex_lock(&f->mu);
+    drop_queue(f);
     if (!failed && f->hashed == f->size)
         blob_hasher_final(&f->hash, f->digest);
     else
@@ -401,6 +432,7 @@ static void *hash_thread(void *arg)
     f->hash_done = true;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
+    free(buf);
     return NULL;
 }
 
@@ -465,7 +497,75 @@ typedef struct chunk_io {
     long long skip;      /* bytes of a 200 reply to drop before our range starts */
     bool started, bad_range, io_error, reached_end;
     int io_errno;
+    hash_buf bufs[2];    /* one fills while the other may wait for the hashing thread */
+    int cur;
 } chunk_io;
+
+/* Write the current buffer at the end of the chunk's written part, then count it as done. When it sits right
+ * where the hashing thread's work ends, hand it over so the bytes are hashed from memory. */
+static bool flush_buf(chunk_io *io)
+{
+    dfile *f = io->f;
+    chunk *c = &f->chunks[io->ci];
+    hash_buf *b = &io->bufs[io->cur];
+    if (b->len == 0)
+        return true;
+    pthread_mutex_lock(&f->mu);
+    long long pos = c->start + c->done;
+    pthread_mutex_unlock(&f->mu);
+    size_t off = 0;
+    while (off < b->len) {
+        ssize_t w = pwrite(f->fd, b->data + off, b->len - off, pos + (long long)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            io->io_error = true;
+            io->io_errno = w < 0 ? errno : EIO;
+            b->len = 0;
+            return false;
+        }
+        off += (size_t)w;
+    }
+    long long written = (long long)b->len;
+    pthread_mutex_lock(&f->mu);
+    c->done += written;
+    bool wake = false;
+    if (pos == f->claimed && f->nqueued < HASH_QUEUE && !f->hash_done) {
+        f->queue[(f->qhead + f->nqueued) % HASH_QUEUE] = b;
+        f->nqueued++;
+        f->claimed += (long long)b->len;
+        b->busy = true;
+        wake = true;
+    } else {
+        wake = frontier(f) > f->claimed;
+    }
+    if (now_s() - f->last_sidecar > 0.5)
+        save_sidecar(f);
+    if (wake)
+        pthread_cond_broadcast(&f->cv);
+    /* Switch buffers; the other one may still be queued for hashing. */
+    io->cur ^= 1;
+    hash_buf *next = &io->bufs[io->cur];
+    while (next->busy)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    progress_advance(f->dl->prog, f->prog, written);
+    next->len = 0;
+    return true;
+}
+
+/* Wait until the hashing thread has let go of both buffers, then free them. */
+static void release_bufs(chunk_io *io)
+{
+    dfile *f = io->f;
+    pthread_mutex_lock(&f->mu);
+    while (io->bufs[0].busy || io->bufs[1].busy)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    free(io->bufs[0].data);
+    free(io->bufs[1].data);
+    io->bufs[0].data = io->bufs[1].data = NULL;
+}
 
 static size_t chunk_body(const char *data, size_t len, void *user, const hub_headers *h)
 {
@@ -496,45 +596,25 @@ static size_t chunk_body(const char *data, size_t len, void *user, const hub_hea
         len -= drop;
     }
     pthread_mutex_lock(&f->mu);
-    long long pos = c->start + c->done, room = c->end - pos;
+    long long room = c->end - (c->start + c->done);
     pthread_mutex_unlock(&f->mu);
+    room -= (long long)io->bufs[io->cur].len;
     if ((long long)len > room) {
         len = (size_t)room;
         io->reached_end = true;
     }
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = pwrite(f->fd, data + off, len - off, pos + (long long)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            io->io_error = true;
-            io->io_errno = w < 0 ? errno : EIO;
+    while (len > 0) {
+        hash_buf *b = &io->bufs[io->cur];
+        size_t take = WRITE_BUF - b->len < len ? WRITE_BUF - b->len : len;
+        memcpy(b->data + b->len, data, take);
+        b->len += take;
+        data += take;
+        len -= take;
+        if (b->len == WRITE_BUF && !flush_buf(io))
             return 0;
-        }
-        off += (size_t)w;
     }
-    pthread_mutex_lock(&f->mu);
-    c->done += (long long)len;
-    bool in_place = !f->hashing && !f->hash_done && f->hashed == pos;
-    if (in_place)
-        f->hashing = true;
-    if (now_s() - f->last_sidecar > 0.5)
-        save_sidecar(f);
-    /* Wake the hashing thread only when it has something to catch up on. */
-    if (!in_place && f->hasher_waiting && !f->hashing && frontier(f) > f->hashed)
-        pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-    if (in_place) {
-        blob_hasher_update(&f->hash, data, len);
-        pthread_mutex_lock(&f->mu);
-        f->hashed += (long long)len;
-        f->hashing = false;
-        if (f->hasher_waiting && (f->hashed >= f->size || frontier(f) > f->hashed))
-            pthread_cond_broadcast(&f->cv);
-        pthread_mutex_unlock(&f->mu);
-    }
-    progress_advance(f->dl->prog, f->prog, (long long)len);
+    if (io->reached_end && !flush_buf(io))
+        return 0;
     return io->reached_end ? 0 : used;
 }
 
@@ -554,6 +634,13 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
         if (pos >= c->end)
             break;
         chunk_io io = {.f = f, .ci = ci, .want = pos};
+        io.bufs[0].data = malloc(WRITE_BUF);
+        io.bufs[1].data = malloc(WRITE_BUF);
+        if (!io.bufs[0].data || !io.bufs[1].data) {
+            release_bufs(&io);
+            hub_response_free(&resp);
+            return perr_set(err, "out of memory");
+        }
         hub_request req = {.range_start = -1, .range_end = -1, .body_fn = chunk_body, .body_user = &io};
         if (pos > 0 || c->end < f->size) {
             req.range_start = pos;
@@ -566,6 +653,10 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
         memcpy(url, f->url, sizeof url);
         pthread_mutex_unlock(&f->mu);
         int rc = hub_perform(curl, cfg, url, &req, &resp, &e);
+        /* What arrived before the end or a drop is good: keep it. */
+        if (!io.io_error)
+            flush_buf(&io);
+        release_bufs(&io);
         pthread_mutex_lock(&f->mu);
         save_sidecar(f);
         bool progressed = c->done > before;
