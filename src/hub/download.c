@@ -44,7 +44,8 @@ typedef struct chunk {
 /* Received bytes are gathered into buffers of this size: one write per buffer instead of one per libcurl
  * callback (16 KB), and the same buffer is then hashed from memory. */
 #define WRITE_BUF (1u << 20)
-#define HASH_QUEUE 8
+#define CONN_BUFS 8   /* per connection, allocated as needed: how far receiving may run ahead of hashing */
+#define HASH_QUEUE 16
 
 typedef struct hash_buf {
     char *data;
@@ -497,7 +498,7 @@ typedef struct chunk_io {
     long long skip;      /* bytes of a 200 reply to drop before our range starts */
     bool started, bad_range, io_error, reached_end;
     int io_errno;
-    hash_buf bufs[2];    /* one fills while the other may wait for the hashing thread */
+    hash_buf *bufs;      /* the worker's CONN_BUFS buffers: one fills while others wait for the hash */
     int cur;
 } chunk_io;
 
@@ -543,28 +544,34 @@ static bool flush_buf(chunk_io *io)
         save_sidecar(f);
     if (wake)
         pthread_cond_broadcast(&f->cv);
-    /* Switch buffers; the other one may still be queued for hashing. */
-    io->cur ^= 1;
+    /* Move to the next buffer, which may still be queued for hashing. */
+    if (b->busy)
+        io->cur = (io->cur + 1) % CONN_BUFS;
     hash_buf *next = &io->bufs[io->cur];
     while (next->busy)
         pthread_cond_wait(&f->cv, &f->mu);
     pthread_mutex_unlock(&f->mu);
     progress_advance(f->dl->prog, f->prog, written);
     next->len = 0;
+    if (!next->data && !(next->data = malloc(WRITE_BUF))) {
+        io->io_error = true;
+        io->io_errno = ENOMEM;
+        return false;
+    }
     return true;
 }
 
-/* Wait until the hashing thread has let go of both buffers, then free them. */
+/* Wait until the hashing thread has let go of every buffer, so that the next transfer may reuse them. */
 static void release_bufs(chunk_io *io)
 {
     dfile *f = io->f;
     pthread_mutex_lock(&f->mu);
-    while (io->bufs[0].busy || io->bufs[1].busy)
-        pthread_cond_wait(&f->cv, &f->mu);
+    for (int i = 0; i < CONN_BUFS; i++)
+        while (io->bufs[i].busy)
+            pthread_cond_wait(&f->cv, &f->mu);
     pthread_mutex_unlock(&f->mu);
-    free(io->bufs[0].data);
-    free(io->bufs[1].data);
-    io->bufs[0].data = io->bufs[1].data = NULL;
+    for (int i = 0; i < CONN_BUFS; i++)
+        io->bufs[i].len = 0;
 }
 
 static size_t chunk_body(const char *data, size_t len, void *user, const hub_headers *h)
@@ -620,7 +627,7 @@ static size_t chunk_body(const char *data, size_t len, void *user, const hub_hea
 
 static int resolve_url(dl *d, dfile *f, CURL *curl, perr *err);
 
-static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
+static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, hash_buf *bufs, perr *err)
 {
     const hub_config *cfg = d->cfg;
     chunk *c = &f->chunks[ci];
@@ -633,11 +640,8 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
         pthread_mutex_unlock(&f->mu);
         if (pos >= c->end)
             break;
-        chunk_io io = {.f = f, .ci = ci, .want = pos};
-        io.bufs[0].data = malloc(WRITE_BUF);
-        io.bufs[1].data = malloc(WRITE_BUF);
-        if (!io.bufs[0].data || !io.bufs[1].data) {
-            release_bufs(&io);
+        chunk_io io = {.f = f, .ci = ci, .want = pos, .bufs = bufs};
+        if (!bufs[0].data && !(bufs[0].data = malloc(WRITE_BUF))) {
             hub_response_free(&resp);
             return perr_set(err, "out of memory");
         }
@@ -869,9 +873,9 @@ static int prepare_file(dl *d, dfile *f, CURL *curl, bool *run_chunk0, perr *err
     return first;
 }
 
-static int run_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
+static int run_chunk(dl *d, dfile *f, int ci, CURL *curl, hash_buf *bufs, perr *err)
 {
-    if (fetch_chunk(d, f, ci, curl, err) != 0)
+    if (fetch_chunk(d, f, ci, curl, bufs, err) != 0)
         return -1;
     pthread_mutex_lock(&f->mu);
     bool last = --f->chunks_left == 0;
@@ -883,6 +887,8 @@ static void *worker(void *arg)
 {
     dl *d = arg;
     CURL *curl = curl_easy_init();
+    /* Kept for the worker's lifetime: fresh buffers per transfer cost page faults on every use. */
+    hash_buf bufs[CONN_BUFS] = {{0}};
     pthread_mutex_lock(&d->mu);
     for (;;) {
         while (d->qlen == 0 && d->active > 0 && !atomic_load(&d->abort))
@@ -904,9 +910,9 @@ static void *worker(void *arg)
             int first = prepare_file(d, t.f, curl, &run, &e);
             rc = first < 0 ? -1 : 0;
             if (rc == 0 && run)
-                rc = run_chunk(d, t.f, first, curl, &e);
+                rc = run_chunk(d, t.f, first, curl, bufs, &e);
         } else {
-            rc = run_chunk(d, t.f, t.chunk, curl, &e);
+            rc = run_chunk(d, t.f, t.chunk, curl, bufs, &e);
         }
         if (rc != 0 && !atomic_load(&d->abort))
             fail(d, &e);
@@ -918,6 +924,8 @@ static void *worker(void *arg)
     pthread_cond_broadcast(&d->cv);
     pthread_mutex_unlock(&d->mu);
     curl_easy_cleanup(curl);
+    for (int i = 0; i < CONN_BUFS; i++)
+        free(bufs[i].data);
     return NULL;
 }
 
