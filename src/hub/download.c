@@ -80,6 +80,11 @@ typedef struct dfile {
     char digest[72];
     double last_sidecar;
     bool needs_download;
+    /* Connections are added to a file one at a time, and not while its hashing is the bottleneck: then they
+     * would only write ahead for the hash to read back later. conns and conn_started are guarded by dl->mu. */
+    int conns;
+    double conn_started;
+    _Atomic double backlog_at; /* last time receiving had to wait for the hash */
 } dfile;
 
 typedef struct task {
@@ -548,6 +553,8 @@ static bool flush_buf(chunk_io *io)
     if (b->busy)
         io->cur = (io->cur + 1) % CONN_BUFS;
     hash_buf *next = &io->bufs[io->cur];
+    if (next->busy)
+        atomic_store(&f->backlog_at, now_s());
     while (next->busy)
         pthread_cond_wait(&f->cv, &f->mu);
     pthread_mutex_unlock(&f->mu);
@@ -883,6 +890,35 @@ static int run_chunk(dl *d, dfile *f, int ci, CURL *curl, hash_buf *bufs, perr *
     return last ? finalize(d, f, err) : 0;
 }
 
+/* One more connection on a file that already has some pays only when the file is not already arriving
+ * faster than it can be hashed. Caller holds d->mu. */
+#define RAMP_S 0.3
+
+static bool task_runnable(const task *t, double now)
+{
+    if (t->chunk < 0 || t->f->conns == 0)
+        return true;
+    return now - t->f->conn_started >= RAMP_S && now - atomic_load(&t->f->backlog_at) >= RAMP_S;
+}
+
+/* Take the first runnable task off the queue; -1 when none is. Caller holds d->mu. */
+static int take_task(dl *d, task *out)
+{
+    double now = now_s();
+    for (int i = 0; i < d->qlen; i++) {
+        int at = (d->qhead + i) % d->qcap;
+        if (!task_runnable(&d->q[at], now))
+            continue;
+        *out = d->q[at];
+        for (int j = i; j > 0; j--) /* close the gap, keeping the order */
+            d->q[(d->qhead + j) % d->qcap] = d->q[(d->qhead + j - 1) % d->qcap];
+        d->qhead = (d->qhead + 1) % d->qcap;
+        d->qlen--;
+        return 0;
+    }
+    return -1;
+}
+
 static void *worker(void *arg)
 {
     dl *d = arg;
@@ -891,14 +927,29 @@ static void *worker(void *arg)
     hash_buf bufs[CONN_BUFS] = {{0}};
     pthread_mutex_lock(&d->mu);
     for (;;) {
-        while (d->qlen == 0 && d->active > 0 && !atomic_load(&d->abort))
-            pthread_cond_wait(&d->cv, &d->mu);
-        if (atomic_load(&d->abort) || d->qlen == 0)
-            break;
-        task t = d->q[d->qhead];
-        d->qhead = (d->qhead + 1) % d->qcap;
-        d->qlen--;
+        task t;
+        bool got = false;
+        while (!atomic_load(&d->abort) && d->qlen > 0 && !(got = take_task(d, &t) == 0)) {
+            /* Only deferred connections are left: look again shortly or when something changes. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+        }
+        if (!got) {
+            while (d->qlen == 0 && d->active > 0 && !atomic_load(&d->abort))
+                pthread_cond_wait(&d->cv, &d->mu);
+            if (atomic_load(&d->abort) || d->qlen == 0)
+                break;
+            continue;
+        }
         d->active++;
+        t.f->conns++;
+        t.f->conn_started = now_s();
         pthread_mutex_unlock(&d->mu);
 
         perr e = {{0}};
@@ -919,6 +970,7 @@ static void *worker(void *arg)
 
         pthread_mutex_lock(&d->mu);
         d->active--;
+        t.f->conns--;
         pthread_cond_broadcast(&d->cv);
     }
     pthread_cond_broadcast(&d->cv);
