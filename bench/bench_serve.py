@@ -5,7 +5,12 @@
    same prompt, same model, same thread count (ratio < 1 means the server loses speed).
 2. Load: aggregate tokens/s and request latency with 1, 2 and 4 concurrent clients (server --parallel 4).
 
-usage: bench_serve.py [--bin build/punie] [--model DIR] [--threads N] [--tokens N] [--requests N]
+usage: bench_serve.py [--bin build/punie] [--model DIR] [--threads N] [--tokens N] [--requests N] [--rounds N]
+
+The baseline is `punie generate` when it reports "Generation: N tokens, X tokens-per-sec", and always
+bench_serve_direct (the server's engine without HTTP). A bigger random model for a realistic ratio:
+  build/gen_model --out /tmp/m --hidden 1024 --intermediate 2816 --layers 8 --heads 8 --kv-heads 2 \
+      --vocab 152064 --tokenizer $PUNIE_SHARED_DIR/fixtures/models/tiny-random-qwen2-4bit --fast
 """
 import argparse
 import http.client
@@ -92,7 +97,8 @@ def generate_speed(args, direct=False):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "punie"))
-    ap.add_argument("--model", default=os.path.join(ROOT, "..", "shared", "fixtures", "models", "tiny-random-qwen2-4bit"))
+    shared = os.environ.get("PUNIE_SHARED_DIR", os.path.join(ROOT, "..", "shared"))
+    ap.add_argument("--model", default=os.path.join(shared, "fixtures", "models", "tiny-random-qwen2-4bit"))
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--requests", type=int, default=4, help="requests per client in the load test")

@@ -28,6 +28,12 @@ struct model {
     qact *act;                     /* shared quantized activations of a batch */
     pthread_mutex_t pool_lock;     /* one context evaluates at a time */
     size_t weight_bytes;
+    /* attention of one query head; picked for the CPU by qwen2_setup */
+    void (*attend)(const float *q, const float *kc, const float *vc, int n_keys, int D, float scale, float *scores,
+                   float *out);
 };
+
+/* Chooses the compute paths of the forward pass (qwen2.c). */
+void qwen2_setup(model *m);
 
 #endif

@@ -380,6 +380,7 @@ int model_load(const char *dir, int n_threads, model **out, perr *err)
     for (int i = 0; i < c->head_dim / 2; i++)
         m->rope_inv_freq[i] = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
 
+    qwen2_setup(m);
     m->act = qact_new(); /* optional: without it each thread quantizes its own copy */
     m->pool = threadpool_new(n_threads);
     if (!m->pool) {

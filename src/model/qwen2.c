@@ -5,7 +5,32 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/attention_impl.h"
 #include "model/model_internal.h"
+
+void attend_head_avx2(const float *q, const float *kc, const float *vc, int n_keys, int D, float scale,
+                      float *scores, float *out);
+
+typedef void (*attend_fn)(const float *, const float *, const float *, int, int, float, float *, float *);
+
+static void attend_head_generic(const float *q, const float *kc, const float *vc, int n_keys, int D, float scale,
+                                float *scores, float *out)
+{
+    attend_head(q, kc, vc, n_keys, D, scale, scores, out);
+}
+
+/* AVX2 + FMA when the CPU has it; PUNIE_ATTENTION=portable forces the portable build (tests). */
+static attend_fn pick_attend(void)
+{
+#if defined(__x86_64__)
+    const char *want = getenv("PUNIE_ATTENTION");
+    if (!(want && strcmp(want, "portable") == 0) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return attend_head_avx2;
+#endif
+    return attend_head_generic;
+}
+
+void qwen2_setup(model *m) { m->attend = pick_attend(); }
 
 #define CHUNK 256
 #define ROW_ALIGN 16 /* thread row ranges start on multiples of this (kernel-friendly) */
@@ -114,31 +139,6 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half)
 
 /* ---- attention, parallel over (head, query) pairs ---- */
 
-/* Eight independent partial sums let the compiler vectorise without reassociating float adds. */
-static inline float dot(const float *a, const float *b, int n)
-{
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            acc[k] += a[i + k] * b[i + k];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
-/* out += w * v, in blocks of eight for the same reason */
-static inline void axpy(float *out, float w, const float *v, int n)
-{
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            out[i + k] += w * v[i + k];
-    for (; i < n; i++)
-        out[i] += w * v[i];
-}
-
 struct att_task {
     model_ctx *c;
     int layer, n_tok, pos0;
@@ -156,6 +156,7 @@ static void att_worker(void *arg, int t, int nt)
     int per = (items + nt - 1) / nt;
     int lo = t * per, hi = lo + per < items ? lo + per : items;
     float *scores = c->scores + (size_t)t * c->n_ctx;
+    const attend_fn attend = c->m->attend;
     const size_t layer_off = (size_t)a->layer * nkv * c->n_ctx * D;
 
     for (int it = lo; it < hi; it++) {
@@ -165,23 +166,8 @@ static void att_worker(void *arg, int t, int nt)
         const float *q = c->q + (size_t)j * nh * D + (size_t)h * D;
         const float *kc = c->k_cache + layer_off + (size_t)g * c->n_ctx * D;
         const float *vc = c->v_cache + layer_off + (size_t)g * c->n_ctx * D;
-        float mx = -INFINITY;
-        for (int s = 0; s < n_keys; s++) {
-            float sc = dot(q, kc + (size_t)s * D, D) * scale;
-            scores[s] = sc;
-            if (sc > mx)
-                mx = sc;
-        }
-        float sum = 0.0f;
-        for (int s = 0; s < n_keys; s++) {
-            scores[s] = expf(scores[s] - mx);
-            sum += scores[s];
-        }
-        float inv = 1.0f / sum;
         float *out = c->att + (size_t)j * nh * D + (size_t)h * D;
-        memset(out, 0, (size_t)D * sizeof *out);
-        for (int s = 0; s < n_keys; s++)
-            axpy(out, scores[s] * inv, vc + (size_t)s * D, D);
+        attend(q, kc, vc, n_keys, D, scale, scores, out);
     }
 }
 
@@ -341,7 +327,10 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
         };
         run_matmul(m, &gu);
         struct swiglu_task sw = {c->gate, c->up, (size_t)n * I};
-        threadpool_run(m->pool, swiglu_worker, &sw);
+        if (n == 1)
+            swiglu_worker(&sw, 0, 1); /* a decode step: cheaper than a dispatch */
+        else
+            threadpool_run(m->pool, swiglu_worker, &sw);
         matmul1(m, &L->w_down, c->gate, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)
             c->x[i] += c->proj[i];

@@ -19,7 +19,8 @@
 typedef struct scope scope;
 struct scope {
     scope *parent;
-    jv vars; /* dict */
+    jv vars;       /* dict */
+    bool captured; /* a macro closes over it, so it must not be reused */
 };
 
 typedef struct ev {
@@ -1809,9 +1810,20 @@ static jv apply_filter(ev *e, scope *s, const char *f, jv v, jv *pos, size_t npo
 
 /* ---- tests ---- */
 
+static const char *const UNARY_TESTS[] = {"defined", "undefined", "none", "string", "number", "integer", "float",
+                                          "boolean", "true", "false", "mapping", "iterable", "sequence", "callable",
+                                          "odd", "even", "lower", "upper", NULL};
+static const char *const BINARY_TESTS[] = {"divisibleby", "sameas", "eq", "equalto", "==", "ne", "!=", "lt", "lessthan",
+                                           "<", "le", "<=", "gt", "greaterthan", ">", "ge", ">=", "in", NULL};
+
 static bool apply_test(ev *e, const char *t, jv v, jv *args, size_t nargs, int line)
 {
     jv x = nargs ? args[0] : jv_undef(NULL);
+    bool unary = find_name(UNARY_TESTS, t, strlen(t)) >= 0;
+    if (unary && nargs != 0)
+        jinja_fail(C, "line %d: test '%s' takes no arguments, %zu given", line, t, nargs);
+    if (find_name(BINARY_TESTS, t, strlen(t)) >= 0 && nargs != 1)
+        jinja_fail(C, "line %d: test '%s' takes exactly one argument, %zu given", line, t, nargs);
     if (!strcmp(t, "defined"))
         return v.k != JV_UNDEF;
     if (!strcmp(t, "undefined"))
@@ -2056,6 +2068,7 @@ static int exec_for(ev *e, scope *s, const jnode *n)
     lv[K_CYCLE] = make_func(e, JF_METHOD, "cycle", loop);
     jv no_prev = undef_msg(e, "there is no previous item%s%s", "", "");
     jv no_next = undef_msg(e, "there is no next item%s%s", "", "");
+    bool completed = false;
     for (size_t i = 0; i < len; i++) {
         step(e, n->line);
         lv = loop.u.d->vals;
@@ -2067,13 +2080,27 @@ static int exec_for(ev *e, scope *s, const jnode *n)
         lv[K_LAST] = jv_bool(i + 1 == len);
         lv[K_PREV] = i > 0 ? items.u.l->items[i - 1] : no_prev;
         lv[K_NEXT] = i + 1 < len ? items.u.l->items[i + 1] : no_next;
+        /* Assignments in the body last for one iteration only, as in Jinja. */
+        if (ls->captured) {
+            ls = scope_new(e, s);
+        } else {
+            jdict *d = ls->vars.u.d;
+            d->n = 0;
+            d->index = NULL;
+            d->index_cap = 0;
+            d->depth = 0;
+        }
         assign_targets(e, ls, &n->targets, items.u.l->items[i], n->line);
         scope_set(e, ls, "loop", loop);
         int flow = exec_body(e, ls, &n->body);
         if (flow == FLOW_BREAK)
             break;
+        /* Jinja's else runs unless some iteration reached the end of the body: an iteration
+         * left through break or continue does not count. */
+        if (flow == FLOW_NONE)
+            completed = true;
     }
-    if (len == 0 && n->body2.n)
+    if (!completed && n->body2.n)
         return exec_body(e, s, &n->body2);
     return FLOW_NONE;
 }
@@ -2124,6 +2151,7 @@ static int exec_stmt(ev *e, scope *s, const jnode *n)
         jv f = make_func(e, JF_MACRO, n->name, jv_none());
         f.u.fn->macro = n;
         f.u.fn->closure = s;
+        s->captured = true;
         scope_set(e, s, n->name, f);
         return FLOW_NONE;
     }

@@ -342,15 +342,17 @@ static bool try_raw(lexer *L, bool *line_starting)
     int line = L->line;
     L->line += count_lines(L->s, L->pos, p + 2);
     L->pos = p + 2;
-    after_tag(L, true, strip, false);
+    /* Jinja applies no trim_blocks after `{% raw %}`, only `-` stripping. */
+    bool body_line_start = after_tag(L, false, strip, false);
     size_t body = L->pos;
     for (size_t i = body; i + 1 < L->n; i++) {
         if (L->s[i] != '{' || L->s[i + 1] != '%')
             continue;
         size_t q = i + 2;
-        bool strip_before = false;
+        bool strip_before = false, plus_before = false;
         if (q < L->n && (L->s[q] == '-' || L->s[q] == '+')) {
             strip_before = L->s[q] == '-';
+            plus_before = L->s[q] == '+';
             q++;
         }
         while (q < L->n && is_ws(L->s[q]))
@@ -369,9 +371,17 @@ static bool try_raw(lexer *L, bool *line_starting)
         if (L->n - q < 2 || L->s[q] != '%' || L->s[q + 1] != '}')
             continue;
         size_t end = i;
-        if (strip_before)
+        if (strip_before) {
             while (end > body && is_ws(L->s[end - 1]))
                 end--;
+        } else if (!plus_before) {
+            /* lstrip_blocks applies to {% endraw %} at the start of a line. */
+            size_t l = end;
+            while (l > body && (L->s[l - 1] == ' ' || L->s[l - 1] == '\t'))
+                l--;
+            if ((l > body && L->s[l - 1] == '\n') || (l == body && body_line_start))
+                end = l;
+        }
         emit_text(L, body, end, L->line);
         L->line += count_lines(L->s, body, q + 2);
         L->pos = q + 2;

@@ -19,11 +19,10 @@ static int failures;
 
 #define CHECK(cond, ...)                                                                                      \
     do {                                                                                                      \
-        if (!(cond)) {                                                                                        \
+        if (!(cond) && failures++ < 20) { /* the first few tell the story */                                 \
             fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                              \
             fprintf(stderr, __VA_ARGS__);                                                                     \
             fprintf(stderr, "\n");                                                                            \
-            failures++;                                                                                       \
         }                                                                                                     \
     } while (0)
 
@@ -67,6 +66,14 @@ static void check_greedy(model *m, model_ctx *c, const float *last, int prompt_l
     int32_t *gm = int_array(cJSON_GetObjectItem(ref, "greedy_masked"), &n_m);
     const cJSON *g_marg = cJSON_GetObjectItem(ref, "greedy_margins");
     const cJSON *m_marg = cJSON_GetObjectItem(ref, "greedy_masked_margins");
+    /* PUNIE_REF_STEPS shortens both continuations (slow scalar kernels) */
+    const char *steps = getenv("PUNIE_REF_STEPS");
+    if (steps && atoi(steps) > 0) {
+        if (n_g > atoi(steps))
+            n_g = atoi(steps);
+        if (n_m > atoi(steps))
+            n_m = atoi(steps);
+    }
     int split = 0;
     while (split < n_g && split < n_m && g[split] == gm[split])
         split++;

@@ -1,5 +1,5 @@
 """Server soak: many concurrent clients over loopback send valid, invalid, truncated and oversized requests
-and hang up abruptly, for a bounded time. The server must stay up, answer /health throughout, keep its
+and hang up abruptly or stall half-way, for a bounded time. The server must stay up, answer /health throughout, keep its
 memory flat after warm-up and return to its baseline of threads and open files.
 
 PUNIE_SOAK_SECONDS sets the duration (default 20). Speed is never asserted.
@@ -151,6 +151,18 @@ class Client:
         self.raw(data, read=False)
         return "truncated"
 
+    def slow_partial(self):
+        """Half a request, then silence for a while, then a hang-up (each such client holds a connection)."""
+        req = chat_body()
+        head = ("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n" % len(req)).encode()
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        try:
+            s.sendall(head)
+            time.sleep(self.rng.uniform(0.5, 2.5))
+        finally:
+            s.close()
+        return "slow partial"
+
     def garbage(self):
         data = self.rng.choice([b"GARBAGE\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", bytes(self.rng.randrange(256)
                                 for _ in range(self.rng.randrange(1, 2000))),
@@ -211,7 +223,7 @@ class ServerSoak(unittest.TestCase):
 
     def run_clients(self, seconds, seed):
         kinds = ["valid", "valid_stream", "stream_then_hang_up", "invalid_json", "unknown_route", "oversized",
-                 "truncated", "garbage", "invalid_json", "truncated"]
+                 "truncated", "garbage", "invalid_json", "truncated", "slow_partial"]
         served = {}
         errors = []
         lock = threading.Lock()

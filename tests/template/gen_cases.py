@@ -56,6 +56,9 @@ CASES = [
     ("comment_trim", "a\n  {# c #}\nb", {}),
     ("comment_minus", "a   {#- c -#}   b", {}),
     ("raw", "{% raw %}{{ x }}{% if %}{% endraw %}", {}),
+    ("raw_no_trim_after_begin", "{% raw %}\n  a\n  {% endraw %}x", {}),
+    ("raw_end_lstrip_and_trim", "q\n{% raw %}\n  {% endraw %}\nz", {}),
+    ("raw_plus_and_minus", "{% raw %}a\n  {%+ endraw %}x{% raw -%}  \n  {% endraw %}|", {}),
     ("block_then_text_same_line", "{% for i in [1,2] %}{{ i }},{% endfor %}\nend", {}),
     ("var_keeps_newline", "{{ 'a' }}\nb", {}),
     ("lstrip_after_var_same_line", "{{ 'a' }}  {% if true %}b{% endif %}", {}),
@@ -168,6 +171,13 @@ CASES = [
     ("unhashable_in_dict", "{{ [1] in {'a': 1} }}", {}, "unhashable type"),
     ("tuple_list_differ", "{{ (1, 2) == [1, 2] }} {{ (1, 2) == (1, 2) }} {{ (1,) }} {{ (1, 2)[1:] }}", {}),
     ("tuple_plus_list", "{{ (1,) + [2] }}", {}, "unsupported operand type(s) for +: 'tuple' and 'list'"),
+    ("test_arity", "{{ x is string not in [] }}", {"x": 1}, "takes no arguments"),
+    ("test_arity_binary", "{{ x is divisibleby }}", {"x": 1}, "takes exactly one argument"),
+    # scoping: assignments in a loop body last one iteration; else runs unless an iteration completed
+    ("loop_body_scope_per_iteration", "{% set x = 1 %}{% for i in [1, 2] %}{{ x }}{% set x = 2 %}{% endfor %}|{% for i in [1, 2] %}[{{ y }}]{% set y = i %}{% endfor %}", {}),
+    ("loop_else_after_break", "{% for i in [1, 2] %}{% break %}{% else %}E{% endfor %}|{% for i in [1, 2] %}{% if i == 1 %}{% continue %}{% endif %}{% else %}E{% endfor %}|{% for i in [1] %}{% continue %}{% else %}E{% endfor %}", {}),
+    ("macro_local_set", "{% set b = 1 %}{% macro m() %}{{ b }}{% set b = 9 %}{{ b }}{% endmacro %}{{ m() }}{{ m() }}|{{ b }}", {}),
+    ("macro_sees_later_set", "{% set b = 1 %}{% macro m() %}{{ b }}{% endmacro %}{% set b = 2 %}{{ m() }}", {}),
     # globals
     ("range", "{{ range(3) | list }} {{ range(1, 4) | list }} {{ range(10, 0, -3) | list }}", {}),
     ("raise_exception", "{% if true %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}", {}, "Only user and assistant roles are supported!"),
