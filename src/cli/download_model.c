@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "hub/download.h"
 #include "hub/local.h"
 
@@ -29,7 +30,8 @@ static void usage(FILE *out)
             "  --models-dir DIR   where models live (default: $PUNIE_MODELS_DIR, else\n"
             "                     $XDG_CACHE_HOME/punie/models, else ~/.cache/punie/models)\n"
             "  --revision REV     branch, tag or commit to download (default: main)\n"
-            "  --jobs N           parallel connections (default: 8)\n"
+            "  --jobs N           at most N parallel connections (default: 8); a big file gets extra\n"
+            "                     ones while they add speed\n"
             "  --include PAT      only fetch files matching PAT (fnmatch; repeatable; replaces the default\n"
             "                     selection of config, tokenizer, chat template and weight files)\n"
             "  --exclude PAT      skip files matching PAT (repeatable)\n"
@@ -60,24 +62,6 @@ static int list_catalog(const char *models_dir_flag)
     return 0;
 }
 
-/* "--name value" or "--name=value"; advances *i. */
-static const char *opt_value(int argc, char **argv, int *i, const char *name, bool *bad)
-{
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0)
-        return NULL;
-    if (argv[*i][n] == '=')
-        return argv[*i] + n + 1;
-    if (argv[*i][n] != '\0')
-        return NULL;
-    if (*i + 1 >= argc) {
-        fprintf(stderr, "punie download-model: %s needs a value\n", name);
-        *bad = true;
-        return NULL;
-    }
-    return argv[++*i];
-}
-
 int cmd_download_model(int argc, char **argv)
 {
     const char *repo = NULL, *models_dir_flag = NULL, *revision = NULL;
@@ -91,7 +75,7 @@ int cmd_download_model(int argc, char **argv)
     }
     for (int i = 1; i < argc && !bad; i++) {
         const char *v;
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+        if (cli_is_help(argv[i])) {
             usage(stdout);
             free(inc);
             free(exc);
@@ -100,15 +84,15 @@ int cmd_download_model(int argc, char **argv)
             list = true;
         } else if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) {
             quiet = true;
-        } else if ((v = opt_value(argc, argv, &i, "--models-dir", &bad))) {
+        } else if ((v = cli_opt_value("download-model", argc, argv, &i, "--models-dir", &bad))) {
             models_dir_flag = v;
-        } else if ((v = opt_value(argc, argv, &i, "--revision", &bad))) {
+        } else if ((v = cli_opt_value("download-model", argc, argv, &i, "--revision", &bad))) {
             revision = v;
-        } else if ((v = opt_value(argc, argv, &i, "--include", &bad))) {
+        } else if ((v = cli_opt_value("download-model", argc, argv, &i, "--include", &bad))) {
             inc[ninc++] = v;
-        } else if ((v = opt_value(argc, argv, &i, "--exclude", &bad))) {
+        } else if ((v = cli_opt_value("download-model", argc, argv, &i, "--exclude", &bad))) {
             exc[nexc++] = v;
-        } else if ((v = opt_value(argc, argv, &i, "--jobs", &bad))) {
+        } else if ((v = cli_opt_value("download-model", argc, argv, &i, "--jobs", &bad))) {
             char *end;
             long n = strtol(v, &end, 10);
             if (*end || n < 1 || n > 64) {

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "hub/cache.h"
 #include "util/progress.h"
 
@@ -16,21 +17,11 @@ static void usage(FILE *out)
 
 int cmd_models(int argc, char **argv)
 {
-    const char *flag = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--models-dir") && i + 1 < argc) {
-            flag = argv[++i];
-        } else if (!strncmp(argv[i], "--models-dir=", 13)) {
-            flag = argv[i] + 13;
-        } else {
-            fprintf(stderr, "punie models: unexpected argument '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
+    cli_model_args args;
+    int rc = cli_parse_model_args("models", argc, argv, 0, usage, &args);
+    if (rc != 0)
+        return rc == 1 ? 0 : rc;
+    const char *flag = args.models_dir;
     char dir[PUNIE_PATH_MAX];
     perr err = {{0}};
     if (models_dir_resolve(flag, dir, sizeof dir, NULL, &err) != 0) {

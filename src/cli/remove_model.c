@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/options.h"
 #include "hub/cache.h"
 #include "util/progress.h"
 
@@ -15,27 +16,11 @@ static void usage(FILE *out)
 
 int cmd_remove_model(int argc, char **argv)
 {
-    const char *flag = NULL, *repo = NULL, *rev = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--models-dir") && i + 1 < argc) {
-            flag = argv[++i];
-        } else if (!strncmp(argv[i], "--models-dir=", 13)) {
-            flag = argv[i] + 13;
-        } else if (!strcmp(argv[i], "--revision") && i + 1 < argc) {
-            rev = argv[++i];
-        } else if (!strncmp(argv[i], "--revision=", 11)) {
-            rev = argv[i] + 11;
-        } else if (argv[i][0] != '-' && !repo) {
-            repo = argv[i];
-        } else {
-            fprintf(stderr, "punie remove-model: unexpected argument '%s'\n", argv[i]);
-            usage(stderr);
-            return 2;
-        }
-    }
+    cli_model_args args;
+    int rc = cli_parse_model_args("remove-model", argc, argv, CLI_ACCEPT_REPO | CLI_ACCEPT_REVISION, usage, &args);
+    if (rc != 0)
+        return rc == 1 ? 0 : rc;
+    const char *flag = args.models_dir, *repo = args.repo, *rev = args.revision;
     if (!repo) {
         fprintf(stderr, "punie remove-model: which model? Give its repository id (see 'punie models').\n");
         usage(stderr);

@@ -41,6 +41,18 @@ typedef struct chunk {
     long long start, end, done; /* [start, end), done bytes written from start */
 } chunk;
 
+/* Received bytes are gathered into buffers of this size: one write per buffer instead of one per libcurl
+ * callback (16 KB), and the same buffer is then hashed from memory. */
+#define WRITE_BUF (1u << 20)
+#define CONN_BUFS 8   /* per connection, allocated as needed: how far receiving may run ahead of hashing */
+#define HASH_QUEUE 16
+
+typedef struct hash_buf {
+    char *data;
+    size_t len;
+    bool busy; /* queued for the hashing thread; guarded by the file's mutex */
+} hash_buf;
+
 struct dl;
 
 typedef struct dfile {
@@ -59,13 +71,20 @@ typedef struct dfile {
     int nchunks, chunks_left;
     /* hashing follows the contiguous written prefix in its own thread */
     pthread_t hasher;
-    bool hasher_running, hash_stop, hash_done, hash_failed, hashing, hasher_waiting;
-    long long hashed;
+    bool hasher_running, hash_stop, hash_done, hash_failed;
+    long long hashed, claimed;
+    hash_buf *queue[HASH_QUEUE];
+    int qhead, nqueued;
     int front;                /* first chunk not yet complete */
     blob_hasher hash;
     char digest[72];
     double last_sidecar;
     bool needs_download;
+    /* Connections are added to a file one at a time, and not while its hashing is the bottleneck: then they
+     * would only write ahead for the hash to read back later. conns and conn_started are guarded by dl->mu. */
+    int conns;
+    double conn_started;
+    _Atomic double backlog_at; /* last time receiving had to wait for the hash */
 } dfile;
 
 typedef struct task {
@@ -350,33 +369,54 @@ static long long frontier(dfile *f)
     return f->front < f->nchunks ? f->chunks[f->front].start + f->chunks[f->front].done : f->size;
 }
 
-/* The hash follows the contiguous written prefix. A worker writing exactly at the hashed position hashes its
- * buffer in place (no re-read); this thread catches up on blocks that arrived out of order, from the file.
- * f->hashing marks who currently owns the hash state. */
+/* Give back every buffer still waiting to be hashed. Caller holds f->mu. */
+static void drop_queue(dfile *f)
+{
+    for (int i = 0; i < f->nqueued; i++)
+        f->queue[(f->qhead + i) % HASH_QUEUE]->busy = false;
+    f->nqueued = 0;
+    pthread_cond_broadcast(&f->cv);
+}
+
+/* The hash follows the written prefix in order, on its own thread so that it overlaps the network. Data
+ * written exactly where the claimed prefix ends is handed over in memory (no re-read); data that arrived
+ * ahead of it (other connections) is read back from the file once the gap before it is filled.
+ * [hashed, claimed) is what this thread has taken on: queued buffers or a range being read back. */
 static void *hash_thread(void *arg)
 {
     dfile *f = arg;
     size_t cap = 4u << 20;
-    char *buf = malloc(cap);
-    bool failed = buf == NULL;
+    char *buf = NULL;
+    bool failed = false;
+    pthread_mutex_lock(&f->mu);
     for (;;) {
-        pthread_mutex_lock(&f->mu);
         long long upto = 0;
-        while (!failed && !f->hash_stop && f->hashed < f->size && (f->hashing || (upto = frontier(f)) <= f->hashed)) {
-            f->hasher_waiting = true;
+        while (!failed && !f->hash_stop && f->hashed < f->size && f->nqueued == 0 &&
+               (upto = frontier(f)) <= f->claimed)
             pthread_cond_wait(&f->cv, &f->mu);
-            f->hasher_waiting = false;
-        }
-        if (failed || f->hash_stop || f->hashed >= f->size) {
-            pthread_mutex_unlock(&f->mu);
+        if (failed || f->hash_stop || f->hashed >= f->size)
             break;
+        if (f->nqueued > 0) {
+            hash_buf *b = f->queue[f->qhead];
+            pthread_mutex_unlock(&f->mu);
+            blob_hasher_update(&f->hash, b->data, b->len);
+            pthread_mutex_lock(&f->mu);
+            f->hashed += (long long)b->len;
+            f->qhead = (f->qhead + 1) % HASH_QUEUE;
+            f->nqueued--;
+            b->busy = false;
+            pthread_cond_broadcast(&f->cv);
+            continue;
         }
-        long long pos = f->hashed;
-        f->hashing = true;
+        long long pos = f->claimed;
+        if (upto - pos > (long long)cap)
+            upto = pos + (long long)cap;
+        f->claimed = upto;
         pthread_mutex_unlock(&f->mu);
-        while (pos < upto) {
-            size_t want = (size_t)(upto - pos < (long long)cap ? upto - pos : (long long)cap);
-            ssize_t r = pread(f->fd, buf, want, pos);
+        if (!buf && !(buf = malloc(cap)))
+            failed = true;
+        while (!failed && pos < upto) {
+            ssize_t r = pread(f->fd, buf, (size_t)(upto - pos), pos);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r <= 0) {
@@ -388,11 +428,8 @@ static void *hash_thread(void *arg)
         }
         pthread_mutex_lock(&f->mu);
         f->hashed = pos;
-        f->hashing = false;
-        pthread_mutex_unlock(&f->mu);
     }
-    free(buf);
-    pthread_mutex_lock(&f->mu);
+    drop_queue(f);
     if (!failed && f->hashed == f->size)
         blob_hasher_final(&f->hash, f->digest);
     else
@@ -401,6 +438,7 @@ static void *hash_thread(void *arg)
     f->hash_done = true;
     pthread_cond_broadcast(&f->cv);
     pthread_mutex_unlock(&f->mu);
+    free(buf);
     return NULL;
 }
 
@@ -465,7 +503,83 @@ typedef struct chunk_io {
     long long skip;      /* bytes of a 200 reply to drop before our range starts */
     bool started, bad_range, io_error, reached_end;
     int io_errno;
+    hash_buf *bufs;      /* the worker's CONN_BUFS buffers: one fills while others wait for the hash */
+    int cur;
 } chunk_io;
+
+/* Write the current buffer at the end of the chunk's written part, then count it as done. When it sits right
+ * where the hashing thread's work ends, hand it over so the bytes are hashed from memory. */
+static bool flush_buf(chunk_io *io)
+{
+    dfile *f = io->f;
+    chunk *c = &f->chunks[io->ci];
+    hash_buf *b = &io->bufs[io->cur];
+    if (b->len == 0)
+        return true;
+    pthread_mutex_lock(&f->mu);
+    long long pos = c->start + c->done;
+    pthread_mutex_unlock(&f->mu);
+    size_t off = 0;
+    while (off < b->len) {
+        ssize_t w = pwrite(f->fd, b->data + off, b->len - off, pos + (long long)off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            io->io_error = true;
+            io->io_errno = w < 0 ? errno : EIO;
+            b->len = 0;
+            return false;
+        }
+        off += (size_t)w;
+    }
+    long long written = (long long)b->len;
+    pthread_mutex_lock(&f->mu);
+    c->done += written;
+    bool wake = false;
+    if (pos == f->claimed && f->nqueued < HASH_QUEUE && !f->hash_done) {
+        f->queue[(f->qhead + f->nqueued) % HASH_QUEUE] = b;
+        f->nqueued++;
+        f->claimed += (long long)b->len;
+        b->busy = true;
+        wake = true;
+    } else {
+        wake = frontier(f) > f->claimed;
+    }
+    if (now_s() - f->last_sidecar > 0.5)
+        save_sidecar(f);
+    if (wake)
+        pthread_cond_broadcast(&f->cv);
+    /* Move to the next buffer, which may still be queued for hashing. */
+    if (b->busy)
+        io->cur = (io->cur + 1) % CONN_BUFS;
+    hash_buf *next = &io->bufs[io->cur];
+    if (next->busy)
+        atomic_store(&f->backlog_at, now_s());
+    while (next->busy)
+        pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    progress_advance(f->dl->prog, f->prog, written);
+    next->len = 0;
+    if (!next->data && !(next->data = malloc(WRITE_BUF))) {
+        io->io_error = true;
+        io->io_errno = ENOMEM;
+        return false;
+    }
+    return true;
+}
+
+/* Wait until the hashing thread has let go of every buffer, so that the next transfer may reuse them. */
+static void release_bufs(chunk_io *io)
+{
+    dfile *f = io->f;
+    pthread_mutex_lock(&f->mu);
+    for (int i = 0; i < CONN_BUFS; i++)
+        while (io->bufs[i].busy)
+            pthread_cond_wait(&f->cv, &f->mu);
+    pthread_mutex_unlock(&f->mu);
+    for (int i = 0; i < CONN_BUFS; i++)
+        io->bufs[i].len = 0;
+}
 
 static size_t chunk_body(const char *data, size_t len, void *user, const hub_headers *h)
 {
@@ -496,51 +610,31 @@ static size_t chunk_body(const char *data, size_t len, void *user, const hub_hea
         len -= drop;
     }
     pthread_mutex_lock(&f->mu);
-    long long pos = c->start + c->done, room = c->end - pos;
+    long long room = c->end - (c->start + c->done);
     pthread_mutex_unlock(&f->mu);
+    room -= (long long)io->bufs[io->cur].len;
     if ((long long)len > room) {
         len = (size_t)room;
         io->reached_end = true;
     }
-    size_t off = 0;
-    while (off < len) {
-        ssize_t w = pwrite(f->fd, data + off, len - off, pos + (long long)off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            io->io_error = true;
-            io->io_errno = w < 0 ? errno : EIO;
+    while (len > 0) {
+        hash_buf *b = &io->bufs[io->cur];
+        size_t take = WRITE_BUF - b->len < len ? WRITE_BUF - b->len : len;
+        memcpy(b->data + b->len, data, take);
+        b->len += take;
+        data += take;
+        len -= take;
+        if (b->len == WRITE_BUF && !flush_buf(io))
             return 0;
-        }
-        off += (size_t)w;
     }
-    pthread_mutex_lock(&f->mu);
-    c->done += (long long)len;
-    bool in_place = !f->hashing && !f->hash_done && f->hashed == pos;
-    if (in_place)
-        f->hashing = true;
-    if (now_s() - f->last_sidecar > 0.5)
-        save_sidecar(f);
-    /* Wake the hashing thread only when it has something to catch up on. */
-    if (!in_place && f->hasher_waiting && !f->hashing && frontier(f) > f->hashed)
-        pthread_cond_broadcast(&f->cv);
-    pthread_mutex_unlock(&f->mu);
-    if (in_place) {
-        blob_hasher_update(&f->hash, data, len);
-        pthread_mutex_lock(&f->mu);
-        f->hashed += (long long)len;
-        f->hashing = false;
-        if (f->hasher_waiting && (f->hashed >= f->size || frontier(f) > f->hashed))
-            pthread_cond_broadcast(&f->cv);
-        pthread_mutex_unlock(&f->mu);
-    }
-    progress_advance(f->dl->prog, f->prog, (long long)len);
+    if (io->reached_end && !flush_buf(io))
+        return 0;
     return io->reached_end ? 0 : used;
 }
 
 static int resolve_url(dl *d, dfile *f, CURL *curl, perr *err);
 
-static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
+static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, hash_buf *bufs, perr *err)
 {
     const hub_config *cfg = d->cfg;
     chunk *c = &f->chunks[ci];
@@ -553,7 +647,11 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
         pthread_mutex_unlock(&f->mu);
         if (pos >= c->end)
             break;
-        chunk_io io = {.f = f, .ci = ci, .want = pos};
+        chunk_io io = {.f = f, .ci = ci, .want = pos, .bufs = bufs};
+        if (!bufs[0].data && !(bufs[0].data = malloc(WRITE_BUF))) {
+            hub_response_free(&resp);
+            return perr_set(err, "out of memory");
+        }
         hub_request req = {.range_start = -1, .range_end = -1, .body_fn = chunk_body, .body_user = &io};
         if (pos > 0 || c->end < f->size) {
             req.range_start = pos;
@@ -566,6 +664,10 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
         memcpy(url, f->url, sizeof url);
         pthread_mutex_unlock(&f->mu);
         int rc = hub_perform(curl, cfg, url, &req, &resp, &e);
+        /* What arrived before the end or a drop is good: keep it. */
+        if (!io.io_error)
+            flush_buf(&io);
+        release_bufs(&io);
         pthread_mutex_lock(&f->mu);
         save_sidecar(f);
         bool progressed = c->done > before;
@@ -778,9 +880,9 @@ static int prepare_file(dl *d, dfile *f, CURL *curl, bool *run_chunk0, perr *err
     return first;
 }
 
-static int run_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
+static int run_chunk(dl *d, dfile *f, int ci, CURL *curl, hash_buf *bufs, perr *err)
 {
-    if (fetch_chunk(d, f, ci, curl, err) != 0)
+    if (fetch_chunk(d, f, ci, curl, bufs, err) != 0)
         return -1;
     pthread_mutex_lock(&f->mu);
     bool last = --f->chunks_left == 0;
@@ -788,20 +890,66 @@ static int run_chunk(dl *d, dfile *f, int ci, CURL *curl, perr *err)
     return last ? finalize(d, f, err) : 0;
 }
 
+/* One more connection on a file that already has some pays only when the file is not already arriving
+ * faster than it can be hashed. Caller holds d->mu. */
+#define RAMP_S 0.3
+
+static bool task_runnable(const task *t, double now)
+{
+    if (t->chunk < 0 || t->f->conns == 0)
+        return true;
+    return now - t->f->conn_started >= RAMP_S && now - atomic_load(&t->f->backlog_at) >= RAMP_S;
+}
+
+/* Take the first runnable task off the queue; -1 when none is. Caller holds d->mu. */
+static int take_task(dl *d, task *out)
+{
+    double now = now_s();
+    for (int i = 0; i < d->qlen; i++) {
+        int at = (d->qhead + i) % d->qcap;
+        if (!task_runnable(&d->q[at], now))
+            continue;
+        *out = d->q[at];
+        for (int j = i; j > 0; j--) /* close the gap, keeping the order */
+            d->q[(d->qhead + j) % d->qcap] = d->q[(d->qhead + j - 1) % d->qcap];
+        d->qhead = (d->qhead + 1) % d->qcap;
+        d->qlen--;
+        return 0;
+    }
+    return -1;
+}
+
 static void *worker(void *arg)
 {
     dl *d = arg;
     CURL *curl = curl_easy_init();
+    /* Kept for the worker's lifetime: fresh buffers per transfer cost page faults on every use. */
+    hash_buf bufs[CONN_BUFS] = {{0}};
     pthread_mutex_lock(&d->mu);
     for (;;) {
-        while (d->qlen == 0 && d->active > 0 && !atomic_load(&d->abort))
-            pthread_cond_wait(&d->cv, &d->mu);
-        if (atomic_load(&d->abort) || d->qlen == 0)
-            break;
-        task t = d->q[d->qhead];
-        d->qhead = (d->qhead + 1) % d->qcap;
-        d->qlen--;
+        task t;
+        bool got = false;
+        while (!atomic_load(&d->abort) && d->qlen > 0 && !(got = take_task(d, &t) == 0)) {
+            /* Only deferred connections are left: look again shortly or when something changes. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 100 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+        }
+        if (!got) {
+            while (d->qlen == 0 && d->active > 0 && !atomic_load(&d->abort))
+                pthread_cond_wait(&d->cv, &d->mu);
+            if (atomic_load(&d->abort) || d->qlen == 0)
+                break;
+            continue;
+        }
         d->active++;
+        t.f->conns++;
+        t.f->conn_started = now_s();
         pthread_mutex_unlock(&d->mu);
 
         perr e = {{0}};
@@ -813,20 +961,23 @@ static void *worker(void *arg)
             int first = prepare_file(d, t.f, curl, &run, &e);
             rc = first < 0 ? -1 : 0;
             if (rc == 0 && run)
-                rc = run_chunk(d, t.f, first, curl, &e);
+                rc = run_chunk(d, t.f, first, curl, bufs, &e);
         } else {
-            rc = run_chunk(d, t.f, t.chunk, curl, &e);
+            rc = run_chunk(d, t.f, t.chunk, curl, bufs, &e);
         }
         if (rc != 0 && !atomic_load(&d->abort))
             fail(d, &e);
 
         pthread_mutex_lock(&d->mu);
         d->active--;
+        t.f->conns--;
         pthread_cond_broadcast(&d->cv);
     }
     pthread_cond_broadcast(&d->cv);
     pthread_mutex_unlock(&d->mu);
     curl_easy_cleanup(curl);
+    for (int i = 0; i < CONN_BUFS; i++)
+        free(bufs[i].data);
     return NULL;
 }
 

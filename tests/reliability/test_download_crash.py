@@ -2,7 +2,7 @@
 talks to the API, mid-body, near the end where blobs are renamed and the ref is written), then run again.
 After every kill nothing partial may count as downloaded: if refs/main exists, the snapshot it names holds
 every file, byte for byte equal to the repository, and punie's own lookup agrees; otherwise punie's
-lookup calls the model missing or partial. The final uninterrupted run always ends with the exact model.
+lookup calls the model missing or partial. A complete model also passes `punie verify`. The final uninterrupted run always ends with the exact model.
 
 Bounded: PUNIE_CRASH_KILLS kills (default 24) within PUNIE_CRASH_SECONDS (default 60).
 """
@@ -96,6 +96,9 @@ class DownloadCrash(unittest.TestCase):
             self.assertTrue(os.path.isfile(path), "%s: refs/main written but %s is missing" % (what, name))
             got[name] = sha256(path)
         self.assertEqual(got, self.expected, "%s: refs/main written but a file differs" % what)
+        r = subprocess.run([BIN, "verify", REPO, "--models-dir", models_dir], env=self.env, capture_output=True,
+                           text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, "%s: punie verify failed: %s%s" % (what, r.stdout, r.stderr))
         return True
 
     def wait_or_watch(self, p, models_dir, phase, delay):
