@@ -90,7 +90,12 @@ def generate_speed(args, direct=False):
     if r.returncode != 0:
         return None, f"{os.path.basename(cmd[0])} failed ({r.returncode}): {text.strip()[-300:]}"
     if m:
-        return float(m.group(2)), f"{m.group(1)} tokens"
+        # `generate` divides N tokens by the time of N-1 decode steps (the first token comes from the
+        # prompt's logits); the server and direct figures are (N-1)/time, so compare per decode step.
+        n, rate = int(m.group(1)), float(m.group(2))
+        if not direct and n > 1:
+            rate *= (n - 1) / n
+        return rate, f"{n} tokens"
     return None, "no 'Generation: N tokens, X tokens-per-sec' line in its output (wall %.2fs)" % wall
 
 
