@@ -10,6 +10,8 @@
 
 #include <openssl/evp.h>
 
+#include "util/fs.h"
+
 int etag_hash_kind(const char *etag)
 {
     size_t n = strlen(etag);
@@ -66,14 +68,10 @@ int blob_hash_file(const char *path, const char *etag, bool *match, char *hex, p
     hex[0] = '\0';
     if (!kind)
         return perr_set(err, "%s: '%s' is not a content hash", path, etag);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return perr_errno(err, "cannot open %s", path);
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return perr_set(err, "%s is not a regular file", path);
-    }
+    int fd = open_regular_file(path, &st, err);
+    if (fd < 0)
+        return -1;
     blob_hasher h;
     if (blob_hasher_init(&h, kind, (long long)st.st_size, err) != 0) {
         blob_hasher_free(&h);

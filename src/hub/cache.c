@@ -177,6 +177,17 @@ static int rm_rf(const char *path)
     return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+/* The blob name a snapshot link points to (the last component of its target), or NULL. */
+static const char *link_blob_name(const char *path, char *target, size_t n)
+{
+    ssize_t len = readlink(path, target, n - 1);
+    if (len <= 0)
+        return NULL;
+    target[len] = '\0';
+    const char *base = strrchr(target, '/');
+    return base ? base + 1 : target;
+}
+
 /* Blob names linked from the snapshots that remain. */
 static char **keep_list;
 static int keep_n, keep_cap;
@@ -188,12 +199,9 @@ static int collect_link(const char *path, const struct stat *st, int flag, struc
     if (flag != FTW_SL)
         return 0;
     char target[PUNIE_PATH_MAX];
-    ssize_t n = readlink(path, target, sizeof target - 1);
-    if (n <= 0)
+    const char *base = link_blob_name(path, target, sizeof target);
+    if (!base)
         return 0;
-    target[n] = '\0';
-    const char *base = strrchr(target, '/');
-    base = base ? base + 1 : target;
     if (keep_n == keep_cap) {
         keep_cap = keep_cap ? keep_cap * 2 : 64;
         char **nk = realloc(keep_list, (size_t)keep_cap * sizeof *nk);
@@ -312,12 +320,9 @@ static int verify_entry(const char *path, const struct stat *st, int flag, struc
         return 0;
     }
     char target[PUNIE_PATH_MAX];
-    ssize_t n = readlink(path, target, sizeof target - 1);
-    if (n <= 0)
+    const char *base = link_blob_name(path, target, sizeof target);
+    if (!base)
         return 0;
-    target[n] = '\0';
-    const char *base = strrchr(target, '/');
-    base = base ? base + 1 : target;
     v->checked++;
     if (!file_exists(path)) {
         v->bad++;

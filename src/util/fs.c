@@ -40,16 +40,24 @@ int mkdir_p(const char *path, perr *err)
     return 0;
 }
 
-int read_file(const char *path, size_t max_bytes, char **out, size_t *len, perr *err)
+int open_regular_file(const char *path, struct stat *st, perr *err)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return perr_errno(err, "cannot open %s", path);
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, st) != 0 || !S_ISREG(st->st_mode)) {
         close(fd);
         return perr_set(err, "%s is not a regular file", path);
     }
+    return fd;
+}
+
+int read_file(const char *path, size_t max_bytes, char **out, size_t *len, perr *err)
+{
+    struct stat st;
+    int fd = open_regular_file(path, &st, err);
+    if (fd < 0)
+        return -1;
     if ((unsigned long long)st.st_size > max_bytes) {
         close(fd);
         return perr_set(err, "%s is too large (%lld bytes, limit %zu)", path, (long long)st.st_size, max_bytes);

@@ -13,6 +13,10 @@ int path_join(char *out, size_t n, const char *a, const char *b, perr *err);
 /* mkdir -p with mode 0755. */
 int mkdir_p(const char *path, perr *err);
 
+struct stat;
+/* Opens path read-only and checks it is a regular file; fills *st. Returns the fd, or -1 with err. */
+int open_regular_file(const char *path, struct stat *st, perr *err);
+
 /* Reads a whole regular file into a NUL-terminated malloc'd buffer; refuses files over max_bytes. */
 int read_file(const char *path, size_t max_bytes, char **out, size_t *len, perr *err);
 
