@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 
 #include "tokenizer/chat_template.h"
+#include "util/fs.h"
 
 static double now_s(void)
 {
@@ -18,23 +19,11 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* A whole file through punie's read_file, or NULL. */
 static char *slurp(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    if (b)
-        b[n] = 0;
-    return b;
+    char *text = NULL;
+    return read_file(path, 64u << 20, &text, NULL, NULL) == 0 ? text : NULL;
 }
 
 static void run(const char *name, const chat_template *t, const cJSON *msgs, const cJSON *tools, int iters)

@@ -12,17 +12,8 @@
 #include "util/err.h"
 #include "util/fs.h"
 
-static int failures;
+#include "../lib/test_util.h"
 
-#define CHECK(cond, ...)                                                                                      \
-    do {                                                                                                      \
-        if (!(cond)) {                                                                                        \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                              \
-            fprintf(stderr, __VA_ARGS__);                                                                     \
-            fprintf(stderr, "\n");                                                                            \
-            failures++;                                                                                       \
-        }                                                                                                     \
-    } while (0)
 
 /* Runs gen_model (path in $GEN_MODEL) writing into dir (emptied first) with extra flags. */
 static inline int gen_model(const char *dir, const char *flags)

@@ -8,16 +8,8 @@
 #include "model/sampler.h"
 #include "util/fs.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                                                      \
-    do {                                                                                                      \
-        if (!(cond)) {                                                                                        \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                              \
-            fprintf(stderr, __VA_ARGS__);                                                                     \
-            fprintf(stderr, "\n");                                                                            \
-            failures++;                                                                                       \
-        }                                                                                                     \
-    } while (0)
+#include "../lib/test_util.h"
+
 
 static int sample_once(const sampler_params *p, const float *logits, int n, int n_valid, const int32_t *hist,
                        int n_hist)

@@ -11,49 +11,7 @@
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
-static int failures, checks;
-
-#define CHECK(cond, ...)                                                                                   \
-    do {                                                                                                   \
-        checks++;                                                                                          \
-        if (!(cond)) {                                                                                     \
-            failures++;                                                                                    \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                          \
-            fprintf(stderr, __VA_ARGS__);                                                                  \
-            fputc('\n', stderr);                                                                           \
-        }                                                                                                  \
-    } while (0)
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        fclose(f);
-        free(buf);
-        return NULL;
-    }
-    fclose(f);
-    buf[n] = 0;
-    if (len)
-        *len = (size_t)n;
-    return buf;
-}
-
-static cJSON *load_json(const char *path)
-{
-    char *text = slurp(path, NULL);
-    if (!text)
-        return NULL;
-    cJSON *j = cJSON_Parse(text);
-    free(text);
-    return j;
-}
+#include "../lib/test_util.h"
 
 static const char *shared_dir(void)
 {
@@ -93,7 +51,7 @@ static char *qwen_template(void)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/fixtures/qwen2.5-tokenizer/tokenizer_config.json", shared_dir());
-    cJSON *cfg = load_json(path);
+    cJSON *cfg = test_load_json(path);
     if (!cfg)
         return NULL;
     const cJSON *tpl = cJSON_GetObjectItemCaseSensitive(cfg, "chat_template");
@@ -107,7 +65,7 @@ static tokenizer *qwen_tok;
 /* ids_json: a JSON array of ids, or an object whose "prompt_ids" is one. */
 static void check_ids(const char *text, size_t len, const char *ids_path)
 {
-    cJSON *j = load_json(ids_path);
+    cJSON *j = test_load_json(ids_path);
     const cJSON *arr = cJSON_IsObject(j) ? cJSON_GetObjectItemCaseSensitive(j, "prompt_ids") : j;
     CHECK(cJSON_IsArray(arr), "cannot read ids from %s", ids_path);
     int32_t *ids = NULL;
@@ -137,9 +95,9 @@ static void check_ids(const char *text, size_t len, const char *ids_path)
 static void check_golden(const chat_template *t, const char *request_path, const char *expect_path,
                          const char *ids_path)
 {
-    cJSON *req = load_json(request_path);
+    cJSON *req = test_load_json(request_path);
     size_t expect_len;
-    char *expect = slurp(expect_path, &expect_len);
+    char *expect = test_slurp(expect_path, &expect_len);
     CHECK(req && expect, "cannot read %s / %s", request_path, expect_path);
     if (!req || !expect) {
         cJSON_Delete(req);
@@ -206,7 +164,7 @@ static void test_goldens(void)
 static void test_jinja_cases(void)
 {
     const char *path = getenv("PUNIE_TEMPLATE_CASES");
-    cJSON *cases = path ? load_json(path) : NULL;
+    cJSON *cases = path ? test_load_json(path) : NULL;
     CHECK(cases != NULL, "cannot read jinja cases (PUNIE_TEMPLATE_CASES)");
     const cJSON *c;
     int n = 0;

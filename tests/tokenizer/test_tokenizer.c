@@ -13,41 +13,24 @@
 #include "tokenizer/unicode.h"
 #include "util/fs.h"
 
-static int failures, checks;
+#include "../lib/test_util.h"
+
 static char shared[4096], tok_dir[4096], tmp_dir[4096];
 
-#define CHECK(cond, ...)                                                                                     \
-    do {                                                                                                     \
-        checks++;                                                                                            \
-        if (!(cond)) {                                                                                       \
-            failures++;                                                                                      \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                             \
-            fprintf(stderr, __VA_ARGS__);                                                                    \
-            fputc('\n', stderr);                                                                             \
-        }                                                                                                    \
-    } while (0)
-
+/* Fixtures must exist: a missing one ends the run. */
 static char *slurp(const char *path, size_t *len)
 {
-    char *text;
-    perr err;
-    if (read_file(path, 512u << 20, &text, len, &err) != 0) {
-        fprintf(stderr, "cannot read fixture: %s\n", err.msg);
+    char *text = test_slurp(path, len);
+    if (!text)
         exit(2);
-    }
     return text;
 }
 
 static cJSON *load_json(const char *path)
 {
-    size_t len;
-    char *text = slurp(path, &len);
-    cJSON *j = cJSON_ParseWithLength(text, len);
-    free(text);
-    if (!j) {
-        fprintf(stderr, "bad fixture JSON: %s\n", path);
+    cJSON *j = test_load_json(path);
+    if (!j)
         exit(2);
-    }
     return j;
 }
 
