@@ -212,6 +212,7 @@ void qmatmul_avx2_prepared(const qweight *w, const qx_prep *pp, int n_tok, float
         const int tb1 = tb0 + tb < n_tok ? tb0 + tb : n_tok;
         for (int r = r0; r < r1; r += NR) {
             const int nr = r1 - r < NR ? r1 - r : NR;
+            prefetch_tile_scales(w, r, r0, r1, NR, 32);
             for (int i = 0; i < NR; i++) {
                 const int row = r + (i < nr ? i : nr - 1);
                 float *rs = rowf + (size_t)(2 * i) * (size_t)p.gstride;

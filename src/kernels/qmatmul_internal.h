@@ -43,7 +43,30 @@ typedef struct amx_prep {
 
 static inline size_t qx_align64(size_t n) { return (n + 63) / 64 * 64; }
 
-/* Bytes of the three qx_prep buffers for n_tok tokens, each 64-byte aligned, in the order qx, dxl, xs. */
+/* Software prefetch of the scale and bias bytes of rows [row, row + n): they live in tensors of their
+ * own, read a few dozen bytes per row, which the hardware prefetcher follows too late (in decode the
+ * kernels otherwise stall on them for a third of the time). Prefetches never fault. */
+static inline void prefetch_row_scales(const qweight *w, int row, int n)
+{
+    const size_t esz = w->sdtype == DT_F32 ? 4 : 2;
+    const size_t per_row = (size_t)(w->cols / w->group_size) * esz;
+    const size_t lo = (size_t)row * per_row, hi = lo + (size_t)n * per_row;
+    for (size_t off = lo & ~(size_t)63; off < hi; off += 64) {
+        __builtin_prefetch(w->scales + off);
+        __builtin_prefetch(w->biases + off);
+    }
+}
+
+/* Called by a kernel before the tile of rows [r, r + tile) of its range [r0, r1): asks for the
+ * scales and biases `ahead` rows further on (and, at the start, for the first `ahead` rows). */
+static inline void prefetch_tile_scales(const qweight *w, int r, int r0, int r1, int tile, int ahead)
+{
+    if (r == r0)
+        prefetch_row_scales(w, r, r1 - r < ahead ? r1 - r : ahead);
+    if (r + ahead < r1)
+        prefetch_row_scales(w, r + ahead, r1 - r - ahead < tile ? r1 - r - ahead : tile);
+}
+
 static inline size_t qx_part_bytes(const qx_prep *p, int n_tok, int part)
 {
     const size_t nt = (size_t)(n_tok > 0 ? n_tok : 1);

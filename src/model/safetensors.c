@@ -114,6 +114,12 @@ static int add_file(st_set *s, const char *path, const char *label, perr *err)
     close(fd);
     if (base == MAP_FAILED)
         return perr_errno(err, "cannot map %s", label);
+#ifdef MADV_HUGEPAGE
+    /* Weights are read whole for every token: where the kernel and file system can, let the page
+     * cache hold them in 2 MB folios mapped by single page-table entries (fewer faults on first use,
+     * fewer TLB misses while streaming). Only advice; an error changes nothing. */
+    (void)madvise(base, size, MADV_HUGEPAGE);
+#endif
 
     /* maps never move: tensors point at their names */
     if (s->n_maps >= ST_MAX_FILES) {
