@@ -7,7 +7,7 @@ Serves model repositories from folders with the Hub's download protocol:
   HEAD/GET /ORG/NAME/resolve/REV/PATH            -> regular files: relative 307 to /api/resolve-cache/...?etag=..
                                                     LFS files: absolute 302 to a second "CDN" listener
 Files matching --lfs (default *.safetensors) are LFS files (etag = sha256), others are git files
-(etag = git blob sha1). Bodies honour Range and are sent with os.sendfile.
+(etag = git blob sha1). Bodies honour Range and are sent with sendfile.
 
 Faults (--fault SPEC, repeatable, or POST /_faults with one SPEC per line to replace them at run time):
   drop:GLOB:AFTER[:TIMES]          close the connection after AFTER bytes of a response for GLOB files
@@ -22,6 +22,7 @@ Faults (--fault SPEC, repeatable, or POST /_faults with one SPEC per line to rep
   bad-json:URLGLOB                 answer matching API requests with broken JSON
   odd-headers                      add malformed / oversized headers to every response
   huge:GLOB                        claim a size of 10^15 bytes for matching files in the listing
+TLS: --tls-cert FILE --tls-key FILE serve both listeners over HTTPS (redirects and links then say https).
 Access: --gated REPO (401 GatedRepo without token, 403 unless the token is in --token),
         --private REPO (401 RepoNotFound unless the token is in --token).
 Introspection: GET /_log (JSON list of requests seen by both listeners), GET /_info.
@@ -32,6 +33,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -143,6 +145,7 @@ class Hub:
         self.log = []
         self.cdn_port = 0
         self.quiet = args.quiet
+        self.scheme = "https" if args.tls_cert else "http"
 
     def take(self, kind, target, url=False):
         """First matching fault of a kind that still has uses left (consuming one)."""
@@ -358,7 +361,8 @@ class Handler(BaseHTTPRequestHandler):
             if start + self.hub.page_size < len(items):
                 q = urllib.parse.parse_qs(url.query)
                 q["cursor"] = [str(start + self.hub.page_size)]
-                nxt = "http://%s%s?%s" % (self.headers.get("Host"), url.path, urllib.parse.urlencode(q, doseq=True))
+                nxt = "%s://%s%s?%s" % (self.hub.scheme, self.headers.get("Host"), url.path,
+                                        urllib.parse.urlencode(q, doseq=True))
                 headers.append(("Link", '<%s>; rel="next"' % nxt))
             return self.send(200, json.dumps(page), headers)
         self.send(404, "{}")
@@ -376,8 +380,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(302, "", [("Location", url.path + ("?" + url.query if url.query else ""))])
         e = repo.files[rel]
         if e["sha256"]:
-            loc = "http://127.0.0.1:%d/cdn/%s?Expires=9999999999&Signature=abc%%3D&rel=%s" % (
-                self.hub.cdn_port, e["sha256"], urllib.parse.quote(rel))
+            loc = "%s://127.0.0.1:%d/cdn/%s?Expires=9999999999&Signature=abc%%3D&rel=%s" % (
+                self.hub.scheme, self.hub.cdn_port, e["sha256"], urllib.parse.quote(rel))
             return self.send(302, "redirecting", [
                 ("Location", loc), ("X-Linked-Etag", '"%s"' % e["sha256"]), ("X-Linked-Size", str(e["size"])),
                 ("X-Repo-Commit", commit), ("ETag", '"not-the-content-etag"')], ctype="text/plain")
@@ -436,6 +440,10 @@ class Handler(BaseHTTPRequestHandler):
         slow = [f for f in self.hub.has("slow") if fnmatch.fnmatch(rel, f.glob)]
         self.wfile.flush()
         with open(e["real"], "rb") as fh:
+            if isinstance(self.connection, ssl.SSLSocket) and not (drop or corrupt or slow):
+                # os.sendfile would bypass TLS; the socket's own sendfile encrypts.
+                self.connection.sendfile(fh, start, length)
+                return
             if not (drop or corrupt or slow):
                 sock = self.connection
                 off, left = start, length
@@ -481,15 +489,19 @@ class Server(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address):
         # Clients hanging up (and our own dropped connections) are part of the game, not errors.
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        # A client refusing our certificate is what the TLS tests expect.
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, ssl.SSLError)):
             return
         super().handle_error(request, client_address)
 
 
-def make_server(hub, port, cdn, host):
+def make_server(hub, port, cdn, host, tls=None):
     handler = type("H", (Handler,), {"hub": hub, "is_cdn": cdn})
     srv = Server((host, port), handler)
     srv.daemon_threads = True
+    if tls:
+        # Handshake lazily in the handler thread, so a failing client cannot stall the accept loop.
+        srv.socket = tls.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
     return srv
 
 
@@ -510,14 +522,22 @@ def main():
     p.add_argument("--fault", action="append", default=[], metavar="SPEC")
     p.add_argument("--sha256-file", help="sha256sum-style file with precomputed hashes (relative names)")
     p.add_argument("--quiet", action="store_true", help="no request log on stderr")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     args = p.parse_args()
     if args.lfs is None:
         args.lfs = ["*.safetensors"]
     if not args.repo:
         p.error("give at least one --repo ORG/NAME=DIR")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     hub = Hub(args)
-    srv = make_server(hub, args.port, False, args.host)
-    cdn = make_server(hub, args.cdn_port, True, args.host)
+    srv = make_server(hub, args.port, False, args.host, tls)
+    cdn = make_server(hub, args.cdn_port, True, args.host, tls)
     hub.cdn_port = cdn.server_address[1]
     threading.Thread(target=cdn.serve_forever, daemon=True).start()
     port = srv.server_address[1]
@@ -527,7 +547,7 @@ def main():
             f.write("%d\n" % port)
         os.replace(tmp, args.port_file)
     if not args.quiet:
-        sys.stderr.write("fake hub on http://%s:%d (CDN port %d)\n" % (args.host, port, hub.cdn_port))
+        sys.stderr.write("fake hub on %s://%s:%d (CDN port %d)\n" % (hub.scheme, args.host, port, hub.cdn_port))
     try:
         srv.serve_forever()
     except KeyboardInterrupt:

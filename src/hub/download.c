@@ -685,7 +685,8 @@ static int fetch_chunk(dl *d, dfile *f, int ci, CURL *curl, hash_buf *bufs, perr
         if (progressed)
             failures = 0;
         long st = resp.h.status;
-        if (rc != 0 && resp.curl_code == CURLE_OK) { /* bad redirect or a loop: retrying will not help */
+        if (rc != 0 && (resp.curl_code == CURLE_OK || hub_tls_error(resp.curl_code))) {
+            /* bad redirect, a loop or a certificate problem: retrying will not help */
             hub_response_free(&resp);
             return perr_set(err, "%s: %s", f->path, e.msg);
         }
@@ -747,7 +748,7 @@ static int resolve_url(dl *d, dfile *f, CURL *curl, perr *err)
             hub_response_free(&resp);
             return perr_set(err, "%s: %s", f->path, e.msg);
         }
-        bool retry = rc != 0 || st == 408 || st == 429 || st >= 500;
+        bool retry = (rc != 0 && !hub_tls_error(resp.curl_code)) || st == 408 || st == 429 || st >= 500;
         if (!retry || failures >= cfg->max_retries) {
             if (rc == 0)
                 hub_status_error(cfg, &resp.h, d->o->repo, d->o->revision, f->path, err);

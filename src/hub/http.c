@@ -93,13 +93,15 @@ int hub_config_load(hub_config *c, perr *err)
         return perr_set(err, "HF_ENDPOINT must start with http:// or https://");
     if (load_token(c, err) != 0)
         return -1;
-    const char *ca = getenv("SSL_CERT_FILE");
-    if (!ca || !*ca)
-        ca = getenv("CURL_CA_BUNDLE");
-    if (!ca || !*ca)
-        ca = getenv("REQUESTS_CA_BUNDLE");
-    if (ca && *ca)
-        snprintf(c->cainfo, sizeof c->cainfo, "%s", ca);
+    static const char *const ca_vars[] = {"SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE"};
+    for (size_t i = 0; i < sizeof ca_vars / sizeof *ca_vars; i++) {
+        const char *ca = getenv(ca_vars[i]);
+        if (ca && *ca) {
+            snprintf(c->cainfo, sizeof c->cainfo, "%s", ca);
+            c->cainfo_var = ca_vars[i];
+            break;
+        }
+    }
     const char *cp = getenv("SSL_CERT_DIR");
     if (cp && *cp)
         snprintf(c->capath, sizeof c->capath, "%s", cp);
@@ -328,6 +330,31 @@ static bool url_origin(const char *url, char *out, size_t n)
     return ok;
 }
 
+bool hub_tls_error(CURLcode rc)
+{
+    return rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE;
+}
+
+/* libcurl's own text for these ("SSL peer certificate or SSH remote key was not OK") does not tell a user
+ * what to do; its error buffer has the detail (which check failed, which file). */
+static int transport_error(const hub_config *cfg, const char *origin, CURLcode rc, const char *detail, perr *err)
+{
+    const char *why = detail[0] ? detail : curl_easy_strerror(rc);
+    if (rc == CURLE_PEER_FAILED_VERIFICATION)
+        return perr_set(err, "TLS certificate verification failed for %s (%s). If it is served with a private "
+                             "certificate authority, point SSL_CERT_FILE (a PEM bundle) or SSL_CERT_DIR at it",
+                        origin, why);
+    if (rc == CURLE_SSL_CACERT_BADFILE && cfg->cainfo[0])
+        return perr_set(err, "cannot load TLS CA certificates from %s=%s (%s): it must be a readable PEM file "
+                             "holding at least one certificate",
+                        cfg->cainfo_var, cfg->cainfo, why);
+    if (rc == CURLE_SSL_CACERT_BADFILE)
+        return perr_set(err, "cannot load the system's TLS CA certificates (%s): install ca-certificates or set "
+                             "SSL_CERT_FILE / SSL_CERT_DIR",
+                        why);
+    return perr_set(err, "%s", why);
+}
+
 static void merge_meta(hub_headers *meta, const hub_headers *h)
 {
     if (h->repo_commit[0])
@@ -341,7 +368,7 @@ static void merge_meta(hub_headers *meta, const hub_headers *h)
 int hub_perform(CURL *curl, const hub_config *cfg, const char *url, const hub_request *req, hub_response *resp,
                 perr *err)
 {
-    char endpoint_origin[1024], origin[1024], cur[4096];
+    char endpoint_origin[1024], origin[1024], cur[4096], detail[CURL_ERROR_SIZE];
     hub_response_free(resp);
     memset(resp, 0, sizeof *resp);
     resp->meta.linked_size = resp->meta.content_length = -1;
@@ -389,6 +416,10 @@ int hub_perform(CURL *curl, const hub_config *cfg, const char *url, const hub_re
         curl_easy_setopt(curl, CURLOPT_WRITEDATA, &t);
         curl_easy_setopt(curl, CURLOPT_BUFFERSIZE, 512L * 1024);
         curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        /* Our headers (Authorization) go to the server only, never into a CONNECT to a proxy. */
+        curl_easy_setopt(curl, CURLOPT_HEADEROPT, (long)CURLHEADER_SEPARATE);
+        detail[0] = '\0';
+        curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, detail);
         if (req->head)
             curl_easy_setopt(curl, CURLOPT_NOBODY, 1L);
         if (cfg->cainfo[0])
@@ -396,6 +427,7 @@ int hub_perform(CURL *curl, const hub_config *cfg, const char *url, const hub_re
         if (cfg->capath[0])
             curl_easy_setopt(curl, CURLOPT_CAPATH, cfg->capath);
         CURLcode rc = curl_easy_perform(curl);
+        curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, NULL); /* detail is local to this call */
         curl_slist_free_all(hdrs);
         resp->curl_code = rc;
         merge_meta(&resp->meta, &t.h);
@@ -404,7 +436,7 @@ int hub_perform(CURL *curl, const hub_config *cfg, const char *url, const hub_re
             resp->h = t.h;
             if (t.too_big)
                 return perr_set(err, "response from the hub is too large");
-            return perr_set(err, "%s", curl_easy_strerror(rc));
+            return transport_error(cfg, origin, rc, detail, err);
         }
         resp->h = t.h;
         long st = t.h.status;
@@ -521,6 +553,10 @@ int hub_get_json(CURL *curl, const hub_config *cfg, const char *url, const char 
         if (hub_perform(curl, cfg, url, &req, resp, err) != 0) {
             if (resp->curl_code == CURLE_OK) /* not a transport problem */
                 return -1;
+            if (hub_tls_error(resp->curl_code)) { /* retrying cannot help; a complete local copy still may */
+                resp->unreachable = true;
+                return -1;
+            }
             if (failures >= cfg->max_retries) {
                 resp->unreachable = true;
                 return perr_wrap(err, "cannot reach %s", cfg->endpoint);

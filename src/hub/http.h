@@ -14,7 +14,8 @@ typedef struct hub_config {
     char endpoint[512];  /* $HF_ENDPOINT or https://huggingface.co, no trailing '/' */
     char token[1024];    /* empty when there is none; never printed */
     char cainfo[4096];   /* CA bundle file, empty = libcurl default */
-    char capath[4096];
+    const char *cainfo_var;  /* the variable cainfo came from, for messages */
+    char capath[4096];   /* hashed CA directory ($SSL_CERT_DIR), empty = none */
     bool offline;        /* HF_HUB_OFFLINE */
     long stall_timeout_s;  /* no byte for this long = dropped connection (HF_HUB_DOWNLOAD_TIMEOUT) */
     long backoff_ms;       /* first retry delay, doubled each time (max 8x) */
@@ -75,6 +76,10 @@ void hub_response_free(hub_response *r);
  * -1 on transport errors, bad redirects or a redirect loop (err says which). */
 int hub_perform(CURL *curl, const hub_config *cfg, const char *url, const hub_request *req, hub_response *resp,
                 perr *err);
+
+/* Transport errors that another attempt cannot fix: the server's certificate fails verification or the CA
+ * certificates cannot be loaded. hub_perform's message for them names the host and the variables to set. */
+bool hub_tls_error(CURLcode rc);
 
 /* GET url expecting JSON (max 64 MiB), with retries on transport errors, 408, 429 and 5xx.
  * Non-2xx finals are turned into user-facing messages using repo (and revision when given). */

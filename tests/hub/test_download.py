@@ -3,17 +3,24 @@
 Every test runs the real punie binary against tools/fake_hub.py on 127.0.0.1, serving the tiny fixture model.
 """
 import hashlib
+import http.client
 import json
 import os
 import resource
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import types
 import unittest
+import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BIN = os.environ["PUNIE_BIN"]
 SHARED = os.environ["PUNIE_SHARED_DIR"]
@@ -27,6 +34,7 @@ WEIGHTS = "model.safetensors"
 
 TMP = None
 REPO_DIR = None
+PKI = None
 
 
 def setUpModule():
@@ -52,10 +60,47 @@ def tearDownModule():
     shutil.rmtree(TMP, ignore_errors=True)
 
 
+def pki():
+    """A throwaway CA with a certificate for 127.0.0.1 / localhost, plus an unrelated CA; made once per run."""
+    global PKI
+    if PKI:
+        return PKI
+    d = tempfile.mkdtemp(dir=TMP, prefix="pki-")
+    path = lambda name: os.path.join(d, name)
+    p = types.SimpleNamespace(ca=path("ca.pem"), other_ca=path("other-ca.pem"), cert=path("server.pem"),
+                              key=path("server.key"), ca_dir=path("ca-dir"), other_ca_dir=path("other-ca-dir"),
+                              empty=path("empty.pem"))
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", *newkey, "-keyout", path(ca + ".key"), "-out", path(ca + ".pem"), "-days", "2",
+                "-subj", "/CN=punie test " + ca, "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    with open(path("server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+    openssl("req", "-new", *newkey, "-keyout", p.key, "-out", path("server.csr"), "-subj", "/CN=localhost")
+    openssl("x509", "-req", "-in", path("server.csr"), "-CA", p.ca, "-CAkey", path("ca.key"), "-set_serial", "2",
+            "-days", "2", "-extfile", path("server.ext"), "-out", p.cert)
+    # OpenSSL looks CAs up in a directory by subject-hash names.
+    for ca, folder in ((p.ca, p.ca_dir), (p.other_ca, p.other_ca_dir)):
+        os.makedirs(folder)
+        shutil.copy(ca, folder)
+        openssl("rehash", folder)
+    open(p.empty, "w").close()
+    PKI = p
+    return p
+
+
 class FakeHub:
-    def __init__(self, *args):
+    def __init__(self, *args, tls=None):
         self.dir = tempfile.mkdtemp(dir=TMP)
         port_file = os.path.join(self.dir, "port")
+        if tls:
+            args += ("--tls-cert", tls.cert, "--tls-key", tls.key)
+        self.context = ssl.create_default_context(cafile=tls.ca) if tls else None
         self.proc = subprocess.Popen(
             [sys.executable, FAKE_HUB, "--quiet", "--port", "0", "--port-file", port_file,
              "--repo", "%s=%s" % (REPO, REPO_DIR), "--repo", "%s=%s" % (GATED, FIXTURE),
@@ -67,10 +112,10 @@ class FakeHub:
             time.sleep(0.02)
         with open(port_file) as f:
             self.port = int(f.read())
-        self.url = "http://127.0.0.1:%d" % self.port
+        self.url = "%s://127.0.0.1:%d" % ("https" if tls else "http", self.port)
 
     def get(self, path):
-        with urllib.request.urlopen(self.url + path, timeout=10) as r:
+        with urllib.request.urlopen(self.url + path, timeout=10, context=self.context) as r:
             return json.loads(r.read())
 
     def log(self):
@@ -78,7 +123,7 @@ class FakeHub:
 
     def set_faults(self, *specs):
         req = urllib.request.Request(self.url + "/_faults", data="\n".join(specs).encode(), method="POST")
-        urllib.request.urlopen(req, timeout=10).read()
+        urllib.request.urlopen(req, timeout=10, context=self.context).read()
 
     def stop(self):
         self.proc.kill()
@@ -87,9 +132,10 @@ class FakeHub:
 
 class HubTest(unittest.TestCase):
     hub_args = ()
+    tls = False
 
     def setUp(self):
-        self.hub = FakeHub(*self.hub_args)
+        self.hub = FakeHub(*self.hub_args, tls=pki() if self.tls else None)
         self.home = tempfile.mkdtemp(dir=TMP)
         self.models = os.path.join(self.home, "models")
 
@@ -97,8 +143,10 @@ class HubTest(unittest.TestCase):
         self.hub.stop()
 
     def env(self, **extra):
+        # Nothing from the host's hub, proxy or CA settings leaks in.
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("HF_", "HUGGING", "PUNIE_MODELS", "XDG_")) and "proxy" not in k.lower()}
+               if not k.startswith(("HF_", "HUGGING", "PUNIE_MODELS", "XDG_", "SSL_CERT_"))
+               and k not in ("CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE") and "proxy" not in k.lower()}
         env.update(HOME=self.home, HF_ENDPOINT=self.hub.url, PUNIE_HUB_BACKOFF_MS="20")
         env.update(extra)
         return env
@@ -568,6 +616,233 @@ class Management(HubTest):
             self.assertIn("Usage: punie " + cmd, r.stdout)
             self.assertIn("--models-dir", r.stdout)
 
+
+class Tls(HubTest):
+    """The hub and its CDN over HTTPS with a certificate from a private CA."""
+    tls = True
+
+    def assert_failed_cleanly(self, r, *needles):
+        self.assert_fails(r, "Error downloading model", *needles)
+        self.assertFalse(os.path.exists(os.path.join(self.repo_dir(), "refs", "main")))
+        self.assertNotIn("complete", self.state())
+
+    def test_ca_file(self):
+        for var in ("SSL_CERT_FILE", "CURL_CA_BUNDLE", "REQUESTS_CA_BUNDLE"):
+            r = self.download(env=self.env(**{var: pki().ca}))
+            self.assert_ok(r)
+            self.assert_complete_and_identical()
+            self.assert_ok(self.punie("verify", REPO, "--models-dir", self.models))
+            self.assert_ok(self.punie("remove-model", REPO, "--models-dir", self.models))
+        # The weights came from the second (CDN) listener, over TLS as well.
+        self.assertTrue([e for e in self.hub.log() if e["listener"] == "cdn" and e["method"] == "GET"])
+
+    def test_ca_dir(self):
+        self.assert_ok(self.download(env=self.env(SSL_CERT_DIR=pki().ca_dir)))
+        self.assert_complete_and_identical()
+        self.assert_ok(self.punie("verify", REPO, "--models-dir", self.models))
+
+    def test_unknown_ca_fails_cleanly(self):
+        for extra in ({"SSL_CERT_FILE": pki().other_ca}, {"SSL_CERT_DIR": pki().other_ca_dir}):
+            r = self.download(env=self.env(**extra))
+            self.assert_failed_cleanly(r, "TLS certificate verification failed for %s" % self.hub.url,
+                                       "SSL_CERT_FILE")
+        # The system's CAs do not know ours either (the exact words depend on whether the system has a bundle).
+        self.assert_failed_cleanly(self.download(), "TLS", "SSL_CERT_FILE")
+        self.assertEqual([e for e in self.hub.log() if not e["path"].startswith("/_")], [])
+
+    def test_unusable_ca_file(self):
+        for bad in (pki().empty, os.path.join(self.home, "missing.pem")):
+            r = self.download(env=self.env(SSL_CERT_FILE=bad))
+            self.assert_failed_cleanly(r, "cannot load TLS CA certificates from SSL_CERT_FILE=%s" % bad)
+
+
+class RecordingProxy:
+    """A forward proxy on 127.0.0.1 that records each request: absolute-URI GET/HEAD are relayed, CONNECT is
+    tunnelled. Only loopback targets are served, so nothing can leave the machine."""
+    HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
+           "transfer-encoding", "upgrade"}
+
+    def __init__(self):
+        self.seen = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def note(self):
+                with proxy.lock:
+                    proxy.seen.append({"method": self.command, "target": self.path,
+                                       "authorization": self.headers.get("Authorization")})
+
+            def do_GET(self):
+                self.note()
+                u = urllib.parse.urlsplit(self.path)
+                if u.scheme != "http" or u.hostname != "127.0.0.1":
+                    return self.send_error(502)
+                up = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+                try:
+                    up.request(self.command, u.path + ("?" + u.query if u.query else ""),
+                               headers={k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP})
+                    resp = up.getresponse()
+                    self.send_response_only(resp.status, resp.reason)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in proxy.HOP:
+                            self.send_header(k, v)
+                    self.end_headers()
+                    while True:
+                        block = resp.read(1 << 16)
+                        if not block:
+                            break
+                        self.wfile.write(block)
+                except (OSError, http.client.HTTPException):
+                    self.close_connection = True
+                finally:
+                    up.close()
+
+            do_HEAD = do_GET
+
+            def do_CONNECT(self):
+                self.note()
+                host, _, port = self.path.rpartition(":")
+                if host != "127.0.0.1":
+                    return self.send_error(502)
+                up = socket.create_connection((host, int(port)))
+                self.send_response_only(200, "Connection established")
+                self.end_headers()
+                self.close_connection = True
+
+                def pump(src, dst):
+                    try:
+                        while True:
+                            data = src.recv(1 << 16)
+                            if not data:
+                                break
+                            dst.sendall(data)
+                    except OSError:
+                        pass
+                    try:
+                        dst.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
+
+                back = threading.Thread(target=pump, args=(up, self.connection))
+                back.start()
+                pump(self.connection, up)  # the client waits for our 200 before it speaks, so rfile holds nothing
+                back.join()
+                up.close()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def requests(self):
+        with self.lock:
+            return list(self.seen)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Proxy(HubTest):
+    """What libcurl (hence punie) takes from the proxy variables, checked against a proxy that records."""
+
+    def setUp(self):
+        super().setUp()
+        self.proxy = RecordingProxy()
+
+    def tearDown(self):
+        self.proxy.stop()
+        super().tearDown()
+
+    def origin(self, url):
+        u = urllib.parse.urlsplit(url)
+        return "%s://%s" % (u.scheme, u.netloc)
+
+    def assert_proxied_download(self, **extra):
+        r = self.download(env=self.env(**extra))
+        self.assert_ok(r)
+        self.assert_complete_and_identical()
+        seen = self.proxy.requests()
+        self.assertTrue(seen, "the proxy saw nothing with %s" % extra)
+        # Every request the hub and its CDN got came through the proxy.
+        proxied = {urllib.parse.urlsplit(e["target"])._replace(scheme="", netloc="").geturl() for e in seen}
+        direct = [e for e in self.hub.log() if not e["path"].startswith("/_") and e["path"] not in proxied]
+        self.assertEqual(direct, [])
+        self.assertTrue([e for e in seen if self.origin(e["target"]) != self.hub.url], "no CDN request: %s" % seen)
+        self.assert_ok(self.punie("remove-model", REPO, "--models-dir", self.models))
+        with self.proxy.lock:
+            self.proxy.seen.clear()
+        return seen
+
+    def assert_direct_download(self, **extra):
+        self.assert_ok(self.download(env=self.env(**extra)))
+        self.assert_complete_and_identical()
+        self.assertEqual(self.proxy.requests(), [], "proxied with %s" % extra)
+        self.assert_ok(self.punie("remove-model", REPO, "--models-dir", self.models))
+
+    def test_http_proxy_variables(self):
+        for var in ("http_proxy", "ALL_PROXY", "all_proxy"):
+            self.assert_proxied_download(**{var: self.proxy.url})
+        # libcurl ignores uppercase HTTP_PROXY: in a CGI environment it could come from a request header.
+        self.assert_direct_download(HTTP_PROXY=self.proxy.url)
+        # A proxy for https is not used for http.
+        self.assert_direct_download(https_proxy=self.proxy.url, HTTPS_PROXY=self.proxy.url)
+
+    def test_no_proxy(self):
+        for var in ("NO_PROXY", "no_proxy"):
+            for value in ("127.0.0.1", "localhost,127.0.0.1", "*"):
+                self.assert_direct_download(http_proxy=self.proxy.url, ALL_PROXY=self.proxy.url, **{var: value})
+        self.assert_proxied_download(http_proxy=self.proxy.url, NO_PROXY="example.invalid")
+
+    def test_token_goes_only_to_the_hub_through_a_proxy(self):
+        r = self.download(repo=GATED, env=self.env(http_proxy=self.proxy.url, HF_TOKEN="hf_goodtoken"))
+        self.assert_ok(r)
+        seen = self.proxy.requests()
+        to_hub = [e for e in seen if self.origin(e["target"]) == self.hub.url]
+        elsewhere = [e for e in seen if self.origin(e["target"]) != self.hub.url]
+        self.assertTrue(to_hub and elsewhere, seen)
+        self.assertTrue(all(e["authorization"] == "Bearer hf_goodtoken" for e in to_hub), to_hub)
+        self.assertEqual([e for e in elsewhere if e["authorization"]], [])
+
+    def test_dead_proxy_fails(self):
+        # Bound but not listening: connecting is refused, and no one else can take the port meanwhile.
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dead = "http://127.0.0.1:%d" % s.getsockname()[1]
+            r = self.download(env=self.env(http_proxy=dead, PUNIE_HUB_MAX_RETRIES="1"))
+        self.assert_fails(r, "Error downloading model", "cannot reach %s" % self.hub.url)
+        self.assertEqual([e for e in self.hub.log() if not e["path"].startswith("/_")], [])
+
+
+    def test_https_through_connect(self):
+        # The CONNECT request carries no token (CURLHEADER_SEPARATE); inside the tunnel it is TLS end to end.
+        self.hub.stop()
+        self.hub = FakeHub(tls=pki())
+        port = urllib.parse.urlsplit(self.hub.url).port
+        ca = pki().ca
+        for var in ("https_proxy", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+            r = self.download(repo=GATED, env=self.env(SSL_CERT_FILE=ca, HF_TOKEN="hf_goodtoken",
+                                                       **{var: self.proxy.url}))
+            self.assert_ok(r)
+            seen = self.proxy.requests()
+            self.assertEqual({e["method"] for e in seen}, {"CONNECT"}, var)
+            self.assertIn("127.0.0.1:%d" % port, [e["target"] for e in seen])
+            self.assertEqual([e for e in seen if e["authorization"]], [])
+            self.assert_ok(self.punie("remove-model", GATED, "--models-dir", self.models))
+            with self.proxy.lock:
+                self.proxy.seen.clear()
+        self.assertTrue([e for e in self.hub.log() if e["token"] == "hf_goodtoken" and e["listener"] == "hub"])
+        # A proxy for http is not used for https; NO_PROXY applies here too.
+        for extra in ({"http_proxy": self.proxy.url}, {"https_proxy": self.proxy.url, "NO_PROXY": "127.0.0.1"}):
+            self.assert_ok(self.download(env=self.env(SSL_CERT_FILE=ca, **extra)))
+            self.assertEqual(self.proxy.requests(), [], extra)
+            self.assert_ok(self.punie("remove-model", REPO, "--models-dir", self.models))
 
 if __name__ == "__main__":
     unittest.main()
