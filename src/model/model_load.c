@@ -1,5 +1,6 @@
 /* Loading a Qwen2 model: config.json, the quantization block, and a check of every tensor's
- * presence, dtype and shape before anything is computed (spec/engine.md §2, §3). */
+ * presence, dtype and shape before anything is computed (spec/engine.md §2, §3, §5.6); tensors the
+ * model does not use are refused, as mlx-lm's strict load does. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,9 +129,9 @@ static int parse_config(const char *dir, const cJSON *root, model_config *c, qua
 static enum float_dtype to_float_dtype(enum st_dtype d) { return d == ST_F32 ? DT_F32 : d == ST_F16 ? DT_F16 : DT_BF16; }
 static bool is_float(enum st_dtype d) { return d == ST_F32 || d == ST_F16 || d == ST_BF16; }
 
-static const st_tensor *need(const st_set *s, const char *name, perr *err)
+static const st_tensor *need(st_set *s, const char *name, perr *err)
 {
-    const st_tensor *t = st_find(s, name);
+    const st_tensor *t = st_use(s, name);
     if (!t)
         perr_set(err, "tensor %s is missing from the safetensors files", name);
     return t;
@@ -148,7 +149,7 @@ static int shape_err(const st_tensor *t, const char *expect, perr *err)
 }
 
 /* A float vector [n] (norm weight or Linear bias), converted to f32 (small). */
-static int load_vector(const st_set *s, const char *name, int n, float **out, perr *err)
+static int load_vector(st_set *s, const char *name, int n, float **out, perr *err)
 {
     const st_tensor *t = need(s, name, err);
     if (!t)
@@ -190,7 +191,7 @@ static int module_quant(const quant_cfg *q, const char *module, int *bits, int *
 
 /* A quantized Linear `module` with logical shape [rows][cols]; bits and group size are derived from the
  * tensor shapes and must agree with config.json. */
-static int load_qlinear(const st_set *s, const quant_cfg *q, const char *module, int rows, int cols, qweight *w,
+static int load_qlinear(st_set *s, const quant_cfg *q, const char *module, int rows, int cols, qweight *w,
                         perr *err)
 {
     char name[256];
@@ -199,7 +200,7 @@ static int load_qlinear(const st_set *s, const quant_cfg *q, const char *module,
     if (!tw)
         return -1;
     snprintf(name, sizeof name, "%s.scales", module);
-    const st_tensor *ts = st_find(s, name);
+    const st_tensor *ts = st_use(s, name);
     if (!ts) {
         if (tw->dtype != ST_U32)
             return perr_set(err, "%s: tensor %s.weight is not quantized (dtype %s, no %s.scales); " SUPPORTED, tw->file,
@@ -264,7 +265,7 @@ static int load_layer(model *m, const quant_cfg *q, int l, perr *err)
 {
     const model_config *c = &m->cfg;
     layer_weights *L = &m->layers[l];
-    const st_set *s = m->st;
+    st_set *s = m->st;
     char p[128], n[192];
     int H = c->hidden_size, I = c->intermediate_size;
     int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
@@ -371,6 +372,15 @@ int model_load(const char *dir, int n_threads, model **out, perr *err)
         m->head = m->embed;
     }
     m->weight_bytes += qweight_bytes(&m->head) + (size_t)c->hidden_size * 4;
+
+    /* mlx-lm loads weights strictly; a tensor left over means config.json and the weights disagree
+     * (e.g. more layers in the files than num_hidden_layers), so it is refused, not ignored. */
+    const st_tensor *extra = st_first_unused(m->st);
+    if (extra) {
+        perr_set(err, "%s: tensor %s is not used by a qwen2 model with num_hidden_layers %d; the weights do not "
+                      "match config.json", extra->file, extra->name, c->n_layers);
+        goto fail;
+    }
 
     m->rope_inv_freq = malloc((size_t)(c->head_dim / 2) * sizeof(double));
     if (!m->rope_inv_freq) {

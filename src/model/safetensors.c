@@ -277,11 +277,29 @@ static int tensor_cmp_key(const void *key, const void *elem)
     return strcmp((const char *)key, ((const st_tensor *)elem)->name);
 }
 
-const st_tensor *st_find(const st_set *s, const char *name)
+static st_tensor *lookup(const st_set *s, const char *name)
 {
     if (!s || s->n_tensors == 0)
         return NULL;
     return bsearch(name, s->tensors, (size_t)s->n_tensors, sizeof *s->tensors, tensor_cmp_key);
+}
+
+const st_tensor *st_find(const st_set *s, const char *name) { return lookup(s, name); }
+
+const st_tensor *st_use(st_set *s, const char *name)
+{
+    st_tensor *t = lookup(s, name);
+    if (t)
+        t->used = true;
+    return t;
+}
+
+const st_tensor *st_first_unused(const st_set *s)
+{
+    for (int i = 0; i < s->n_tensors; i++)
+        if (!s->tensors[i].used)
+            return &s->tensors[i];
+    return NULL;
 }
 
 int st_count(const st_set *s) { return s->n_tensors; }

@@ -3,6 +3,7 @@
 #ifndef PUNIE_MODEL_SAFETENSORS_H
 #define PUNIE_MODEL_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,7 @@ typedef struct st_tensor {
     const uint8_t *data;  /* inside the mapping; unaligned */
     size_t nbytes;
     const char *file;     /* base name of the file holding it */
+    bool used;            /* asked for through st_use */
 } st_tensor;
 
 typedef struct st_set st_set;
@@ -37,6 +39,9 @@ int st_open_file(const char *path, st_set **out, perr *err);
 void st_close(st_set *s);
 
 const st_tensor *st_find(const st_set *s, const char *name); /* NULL if absent */
+/* st_find that also records the tensor as consumed, so a loader can refuse weights it would ignore. */
+const st_tensor *st_use(st_set *s, const char *name);
+const st_tensor *st_first_unused(const st_set *s);           /* NULL when every tensor was used */
 int st_count(const st_set *s);
 const st_tensor *st_at(const st_set *s, int i);              /* sorted by name */
 size_t st_mapped_bytes(const st_set *s);

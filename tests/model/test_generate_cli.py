@@ -20,6 +20,13 @@ def run(args, env_extra=None, stdin=None):
     return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=120, env=env, input=stdin)
 
 
+def link_model(d, but):
+    """Links the fixture model's files into d, all but the one the test writes itself."""
+    for name in os.listdir(MODEL):
+        if name != but:
+            os.symlink(os.path.join(MODEL, name), os.path.join(d, name))
+
+
 def generated_ids(stderr):
     for line in stderr.splitlines():
         if line.startswith("ids:"):
@@ -107,9 +114,7 @@ class Generate(unittest.TestCase):
 
     def test_broken_model_is_an_error(self):
         with tempfile.TemporaryDirectory() as d:
-            for name in os.listdir(MODEL):
-                if name != "model.safetensors":
-                    os.symlink(os.path.join(MODEL, name), os.path.join(d, name))
+            link_model(d, "model.safetensors")
             with open(os.path.join(MODEL, "model.safetensors"), "rb") as src:
                 data = src.read(1 << 20)
             with open(os.path.join(d, "model.safetensors"), "wb") as dst:
@@ -118,6 +123,21 @@ class Generate(unittest.TestCase):
             self.assertEqual(r.returncode, 1)
             self.assertIn("model.safetensors", r.stderr)
             self.assertIn("truncated", r.stderr)
+
+    def test_unused_tensors_are_an_error(self):
+        # config.json with fewer layers than the weights hold: the extra tensors are refused, not ignored
+        with tempfile.TemporaryDirectory() as d:
+            link_model(d, "config.json")
+            with open(os.path.join(MODEL, "config.json")) as f:
+                config = json.load(f)
+            config["num_hidden_layers"] = 1
+            with open(os.path.join(d, "config.json"), "w") as f:
+                json.dump(config, f)
+            for args in (["generate", "--model", d, "--prompt", "hi", "--max-tokens", "2"],
+                         ["serve", "--model", d, "--port", "0"]):
+                r = run(args)
+                self.assertEqual(r.returncode, 1, args)
+                self.assertIn("model.safetensors: tensor model.layers.1.", r.stderr)
 
 
 if __name__ == "__main__":

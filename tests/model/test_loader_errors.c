@@ -37,7 +37,8 @@ static void expect_error(const char *what, const char *n1, const char *n2)
     printf("%-28s -> %s\n", what, err.msg);
 }
 
-static cJSON *load_header(const char *file)
+/* file's safetensors header; *data_len = the size of its data section */
+static cJSON *read_header(const char *file, size_t *data_len)
 {
     char p[4400];
     size_t len, off;
@@ -45,7 +46,14 @@ static cJSON *load_header(const char *file)
     char *data = slurp(p, &len);
     cJSON *h = st_header(data, len, &off);
     free(data);
+    *data_len = len - off;
     return h;
+}
+
+static cJSON *load_header(const char *file)
+{
+    size_t data_len;
+    return read_header(file, &data_len);
 }
 
 static void save_header(const char *file, cJSON *h)
@@ -69,6 +77,29 @@ static void edit_config(const char *key, cJSON *value)
     spit(p, text, strlen(text));
     free(text);
     cJSON_Delete(c);
+}
+
+/* Adds a small F32 tensor `name` to file, its bytes appended to the data section. */
+static void add_tensor(const char *file, const char *name)
+{
+    size_t data_len;
+    cJSON *h = read_header(file, &data_len);
+    static const float values[4] = {1, 2, 3, 4};
+    double end = (double)data_len;
+    cJSON *t = cJSON_AddObjectToObject(h, name);
+    cJSON_AddStringToObject(t, "dtype", "F32");
+    cJSON_AddItemToObject(t, "shape", cJSON_CreateIntArray((const int[]){4}, 1));
+    cJSON *offs = cJSON_AddArrayToObject(t, "data_offsets");
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber(end));
+    cJSON_AddItemToArray(offs, cJSON_CreateNumber(end + sizeof values));
+    save_header(file, h);
+    char p[4400];
+    path_in(p, sizeof p, file);
+    FILE *f = fopen(p, "ab");
+    if (!f || fwrite(values, sizeof values, 1, f) != 1 || fclose(f) != 0) {
+        fprintf(stderr, "cannot append to %s\n", p);
+        exit(1);
+    }
 }
 
 int main(void)
@@ -215,6 +246,20 @@ int main(void)
     path_in(p, sizeof p, "model.safetensors.index.json");
     unlink(p);
     expect_error("missing lm_head", "lm_head.weight", "tie_word_embeddings");
+
+    /* tensors the model would not use are refused, not ignored: a layer beyond num_hidden_layers, an
+     * unknown name (the index need not list it) */
+    if (gen_model(work, DIMS " --layers 2 --seed 3"))
+        return 1;
+    edit_config("num_hidden_layers", cJSON_CreateNumber(1));
+    expect_error("layer beyond the config", "model.safetensors: tensor model.layers.1.", "num_hidden_layers 1");
+    fresh();
+    add_tensor(ST, "model.layers.0.self_attn.rotary_emb.inv_freq");
+    expect_error("unknown tensor (inv_freq)", "model.safetensors: tensor model.layers.0.self_attn.rotary_emb.inv_freq",
+                 "not used");
+    fresh();
+    add_tensor(ST, "model.extra.weight");
+    expect_error("unknown tensor", "model.safetensors: tensor model.extra.weight", "not used");
 
     /* unsupported architecture and quantization */
     fresh();
