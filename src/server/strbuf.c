@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/grow.h"
+
 void sb_init(strbuf *b) { memset(b, 0, sizeof *b); }
 
 void sb_free(strbuf *b)
@@ -22,16 +24,12 @@ void sb_clear(strbuf *b)
 
 static int sb_reserve(strbuf *b, size_t extra)
 {
-    if (extra > ((size_t)1 << 40) || b->len + extra + 1 <= b->cap)
-        return extra > ((size_t)1 << 40) ? -1 : 0;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + extra + 1)
-        cap *= 2;
-    char *p = realloc(b->data, cap);
+    if (extra > ((size_t)1 << 40))
+        return -1;
+    char *p = grow_array(b->data, &b->cap, b->len + extra + 1, 1, 64);
     if (!p)
         return -1;
     b->data = p;
-    b->cap = cap;
     return 0;
 }
 

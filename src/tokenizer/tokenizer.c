@@ -17,6 +17,7 @@
 #include "tokenizer/tokenizer_internal.h"
 #include "tokenizer/unicode.h"
 #include "util/fs.h"
+#include "util/grow.h"
 
 #define MAX_JSON_BYTES (256u << 20)
 #define MAX_CONFIG_BYTES (16u << 20)
@@ -205,16 +206,10 @@ typedef struct buf {
 
 static int buf_reserve(buf *b, size_t extra)
 {
-    if (b->len + extra <= b->cap)
-        return 0;
-    size_t nc = b->cap ? b->cap : 256;
-    while (nc < b->len + extra)
-        nc *= 2;
-    char *np = realloc(b->p, nc);
+    char *np = grow_array(b->p, &b->cap, b->len + extra, 1, 256);
     if (!np)
         return -1;
     b->p = np;
-    b->cap = nc;
     return 0;
 }
 
@@ -1183,16 +1178,10 @@ typedef struct ids_vec {
 
 static int ids_reserve(ids_vec *v, size_t extra)
 {
-    if (v->len + extra <= v->cap)
-        return 0;
-    size_t nc = v->cap ? v->cap : 64;
-    while (nc < v->len + extra)
-        nc *= 2;
-    int32_t *np = realloc(v->p, nc * sizeof *np);
+    int32_t *np = grow_array(v->p, &v->cap, v->len + extra, sizeof *np, 64);
     if (!np)
         return -1;
     v->p = np;
-    v->cap = nc;
     return 0;
 }
 
