@@ -13,18 +13,10 @@
 #include "model/sampler.h"
 #include "util/fs.h"
 
+#define CHECK_REPORT_MAX 20 /* a wrong forward pass fails every logit */
+#include "../lib/test_util.h"
+
 #define N_VALID 151665
-
-static int failures;
-
-#define CHECK(cond, ...)                                                                                      \
-    do {                                                                                                      \
-        if (!(cond) && failures++ < 20) { /* the first few tell the story */                                 \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                              \
-            fprintf(stderr, __VA_ARGS__);                                                                     \
-            fprintf(stderr, "\n");                                                                            \
-        }                                                                                                     \
-    } while (0)
 
 static int32_t *int_array(const cJSON *a, int *n)
 {

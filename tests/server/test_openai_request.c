@@ -4,7 +4,7 @@
 
 #include "server/openai_request.h"
 
-static int failures;
+#include "../lib/test_util.h"
 
 static void bad(enum request_kind kind, const char *body, const char *needle)
 {
@@ -31,14 +31,6 @@ static int good(enum request_kind kind, const char *body, openai_request *r)
     }
     return 0;
 }
-
-#define CHECK(c)                                                                                        \
-    do {                                                                                                \
-        if (!(c)) {                                                                                     \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #c);                       \
-            failures++;                                                                                 \
-        }                                                                                               \
-    } while (0)
 
 int main(void)
 {
@@ -79,7 +71,7 @@ int main(void)
     bad(REQ_COMPLETION, "{}", "'prompt'");
     snprintf(buf, sizeof buf, "{%s,\"max_tokens\":5}", U);
     if (good(REQ_CHAT, buf, &r) == 0) {
-        CHECK(r.max_tokens == 5 && !r.logprobs && r.top_logprobs == 0);
+        CHECK(r.max_tokens == 5 && !r.logprobs && r.top_logprobs == 0, "max_tokens and logprob defaults");
         openai_request_free(&r);
     }
     bad(REQ_COMPLETION, "{\"prompt\":[1,2]}", "'prompt'");
@@ -90,13 +82,15 @@ int main(void)
              "\"stream\":true,\"stream_options\":{\"include_usage\":true},\"max_completion_tokens\":9,"
              "\"logprobs\":true,\"top_logprobs\":3,\"model\":\"anything\",\"temperature\":null}", U);
     if (good(REQ_CHAT, buf, &r) == 0) {
-        CHECK(r.stream && r.include_usage && r.max_tokens == 9 && r.n_stop == 2 && strcmp(r.stop[1], "yz") == 0);
-        CHECK(r.logprobs && r.top_logprobs == 3 && r.has_seed && r.seed == 42);
+        CHECK(r.stream && r.include_usage && r.max_tokens == 9 && r.n_stop == 2 && strcmp(r.stop[1], "yz") == 0,
+              "stream, usage, max_completion_tokens, stop");
+        CHECK(r.logprobs && r.top_logprobs == 3 && r.has_seed && r.seed == 42, "logprobs and seed");
         sampler_params p;
         memset(&p, 0, sizeof p);
         p.temperature = 0.7f;
         openai_request_sampler(&r, &p);
-        CHECK(p.temperature == 0 && p.top_p == 0.5f && p.top_k == 7 && p.repetition_penalty == 1.1f && p.has_seed);
+        CHECK(p.temperature == 0 && p.top_p == 0.5f && p.top_k == 7 && p.repetition_penalty == 1.1f && p.has_seed,
+              "sampler parameters");
         openai_request_free(&r);
     }
     /* Content parts are joined, null content is empty, string tool arguments become objects. */
@@ -107,19 +101,20 @@ int main(void)
                        "\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}";
     if (good(REQ_CHAT, conv, &r) == 0) {
         char *s = cJSON_PrintUnformatted(r.messages);
-        CHECK(strstr(s, "\"content\":\"ab\"") != NULL);
-        CHECK(strstr(s, "\"arguments\":{\"x\":1}") != NULL);
-        CHECK(r.tools != NULL);
+        CHECK(strstr(s, "\"content\":\"ab\"") != NULL, "content parts joined: %s", s);
+        CHECK(strstr(s, "\"arguments\":{\"x\":1}") != NULL, "string arguments become an object: %s", s);
+        CHECK(r.tools != NULL, "tools kept");
         cJSON_free(s);
         openai_request_free(&r);
     }
     snprintf(buf, sizeof buf, "{%s,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"none\"}", U);
     if (good(REQ_CHAT, buf, &r) == 0) {
-        CHECK(r.tools == NULL);
+        CHECK(r.tools == NULL, "tool_choice none drops the tools");
         openai_request_free(&r);
     }
     if (good(REQ_COMPLETION, "{\"prompt\":\"def f(\",\"logprobs\":2,\"stop\":\"\\n\"}", &r) == 0) {
-        CHECK(strcmp(r.prompt, "def f(") == 0 && r.logprobs && r.top_logprobs == 2 && r.n_stop == 1);
+        CHECK(strcmp(r.prompt, "def f(") == 0 && r.logprobs && r.top_logprobs == 2 && r.n_stop == 1,
+              "completion prompt, logprobs, stop");
         openai_request_free(&r);
     }
     if (failures) {

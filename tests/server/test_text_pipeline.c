@@ -9,17 +9,7 @@
 #include "server/strbuf.h"
 #include "server/tool_calls.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                                                \
-    do {                                                                                                \
-        if (!(cond)) {                                                                                  \
-            failures++;                                                                                 \
-            fprintf(stderr, "%s:%d: CHECK failed: %s: ", __FILE__, __LINE__, #cond);                    \
-            fprintf(stderr, __VA_ARGS__);                                                               \
-            fputc('\n', stderr);                                                                        \
-        }                                                                                               \
-    } while (0)
+#include "../lib/test_util.h"
 
 typedef struct result {
     strbuf content;
