@@ -416,10 +416,5 @@ int main(void)
     test_dequant_row();
     test_matmul();
     test_prepared();
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("all kernel checks passed\n");
-    return 0;
+    return test_result("all kernel checks passed");
 }

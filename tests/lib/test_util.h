@@ -1,5 +1,6 @@
-/* Helpers shared by the C tests: a non-fatal CHECK that counts checks and failures, and fixture
- * reading through punie's own read_file. Included by relative path; every function is static. */
+/* Helpers shared by the C tests: a non-fatal CHECK that counts checks and failures, main's exit
+ * status, and fixture reading through punie's own read_file. Included by relative path; every
+ * function is static. */
 #ifndef PUNIE_TESTS_TEST_UTIL_H
 #define PUNIE_TESTS_TEST_UTIL_H
 
@@ -29,6 +30,17 @@ static int failures, checks;
             fputc('\n', stderr);                                                                           \
         }                                                                                                  \
     } while (0)
+
+/* main's exit status: 1 after the number of failures on stderr, else 0 after `passed` on stdout. */
+static inline int test_result(const char *passed)
+{
+    if (failures) {
+        fprintf(stderr, "%d failures\n", failures);
+        return 1;
+    }
+    printf("%s\n", passed);
+    return 0;
+}
 
 /* A whole fixture file, NUL-terminated; NULL (with a message on stderr) when it cannot be read. */
 static inline char *test_slurp(const char *path, size_t *len)

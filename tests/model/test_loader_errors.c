@@ -333,10 +333,5 @@ int main(void)
     }
     free(data);
 
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return test_result("ok");
 }

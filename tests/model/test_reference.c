@@ -237,10 +237,5 @@ int main(void)
     run_case(m, ref_dir, "chat-short", tol);
     run_case(m, ref_dir, "agent-tools", tol);
     model_free(m);
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return test_result("ok");
 }

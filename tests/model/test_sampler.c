@@ -152,10 +152,5 @@ int main(void)
         rmdir(dir);
     }
 
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return test_result("ok");
 }

@@ -136,10 +136,5 @@ int main(void)
             return 1;
         free(run(d1, 2, variants[i].tied, &V));
     }
-    if (failures) {
-        fprintf(stderr, "%d failures\n", failures);
-        return 1;
-    }
-    printf("ok\n");
-    return 0;
+    return test_result("ok");
 }

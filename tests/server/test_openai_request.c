@@ -117,10 +117,5 @@ int main(void)
               "completion prompt, logprobs, stop");
         openai_request_free(&r);
     }
-    if (failures) {
-        fprintf(stderr, "%d failure(s)\n", failures);
-        return 1;
-    }
-    printf("openai_request: all checks passed\n");
-    return 0;
+    return test_result("openai_request: all checks passed");
 }

@@ -255,10 +255,5 @@ int main(void)
     test_tool_calls();
     test_fuzz();
     test_stop_filter();
-    if (failures) {
-        fprintf(stderr, "%d check(s) failed\n", failures);
-        return 1;
-    }
-    printf("text pipeline: all checks passed\n");
-    return 0;
+    return test_result("text pipeline: all checks passed");
 }
