@@ -1,6 +1,6 @@
 /* Run-time choice of the kernel implementation: the best instruction set the CPU and the OS support,
- * capped by PUNIE_ISA=scalar|avx2|avx512|amx (for tests and benchmarks). "amx" is AVX-512 VNNI with
- * AMX tiles for batches of 16 tokens or more (prefill). Also the per-thread scratch
+ * capped by PUNIE_ISA=scalar|avx2|avx512|amx (for tests and benchmarks). "avx512vnni" and "amx" both
+ * hand batches of 16 tokens or more (prefill) to a panel kernel: AVX-512 VNNI, or AMX tiles. Also the per-thread scratch
  * memory the SIMD kernels use for quantized activations. */
 #include "kernels/qmatmul.h"
 #include "kernels/qmatmul_internal.h"
@@ -17,15 +17,24 @@
 
 typedef void (*qmatmul_fn)(const qweight *, const float *, int, float *, int, int, int);
 
-/* Batches at least this large go to the AMX kernel. */
+/* Batches at least this large go to a panel kernel (AMX, else AVX-512 VNNI). */
 #include <stdint.h>
-#define AMX_MIN_TOKENS 16
+#define PANEL_MIN_TOKENS 16
 
 static void qmatmul_amx_or_vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy,
                                 int r0, int r1)
 {
-    if (n_tok >= AMX_MIN_TOKENS && r1 > r0)
+    if (n_tok >= PANEL_MIN_TOKENS && r1 > r0)
         qmatmul_amx(w, x, n_tok, y, ldy, r0, r1);
+    else
+        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
+}
+
+static void qmatmul_vnni_any(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0,
+                             int r1)
+{
+    if (n_tok >= PANEL_MIN_TOKENS && r1 > r0)
+        qmatmul_vnni_panel(w, x, n_tok, y, ldy, r0, r1);
     else
         qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
 }
@@ -33,7 +42,7 @@ static void qmatmul_amx_or_vnni(const qweight *w, const float *x, int n_tok, flo
 enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512VNNI, ISA_AMX, ISA_COUNT };
 static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
 static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx512,
-                                              qmatmul_avx512vnni, qmatmul_amx_or_vnni};
+                                              qmatmul_vnni_any, qmatmul_amx_or_vnni};
 
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static int isa_best;    /* best supported by this CPU */
@@ -215,14 +224,14 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
         bytes = qx_avx2_bytes(&a->qx, w, a->n_tok);
         break;
     case ISA_AVX512:
-    case ISA_AVX512VNNI:
-        kind = isa_current == ISA_AVX512 ? QACT_AVX512 : QACT_AVX512VNNI;
+        kind = QACT_AVX512;
         bytes = qx_avx512_bytes(&a->qx, w, a->n_tok);
         break;
+    case ISA_AVX512VNNI:
     case ISA_AMX:
-        if (a->n_tok >= AMX_MIN_TOKENS) {
-            kind = QACT_AMX;
-            bytes = amx_bytes(&a->amx, w, a->n_tok);
+        if (a->n_tok >= PANEL_MIN_TOKENS) {
+            kind = QACT_PANEL;
+            bytes = panel_bytes(&a->panel, w, a->n_tok);
         } else {
             kind = QACT_AVX512VNNI;
             bytes = qx_avx512_bytes(&a->qx, w, a->n_tok);
@@ -239,8 +248,9 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
         a->mem = p;
         a->cap = bytes;
     }
-    if (kind == QACT_AMX) {
-        amx_assign(&a->amx, a->mem);
+    a->panel_amx = isa_current == ISA_AMX;
+    if (kind == QACT_PANEL) {
+        panel_assign(&a->panel, a->mem);
     } else {
         uint8_t *m = a->mem;
         a->qx.qx = (int8_t *)m;
@@ -263,8 +273,8 @@ void qact_fill(qact *a, int part, int nparts)
         t1 = a->n_tok;
     if (t0 >= t1)
         return;
-    if (a->kind == QACT_AMX)
-        amx_fill(&a->amx, &a->w, a->x, a->n_tok, t0, t1);
+    if (a->kind == QACT_PANEL)
+        panel_fill(&a->panel, &a->w, a->x, a->n_tok, t0, t1);
     else if (a->kind == QACT_AVX2)
         qx_avx2_fill(&a->qx, &a->w, a->x, t0, t1);
     else
@@ -279,8 +289,11 @@ void qmatmul_prepared(const qweight *w, const qact *a, float *y, int ldy, int r0
         return;
     }
     switch (a->kind) {
-    case QACT_AMX:
-        qmatmul_amx_prepared(w, &a->amx, a->n_tok, y, ldy, r0, r1);
+    case QACT_PANEL:
+        if (a->panel_amx)
+            qmatmul_amx_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
+        else
+            qmatmul_vnni_panel_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
         break;
     case QACT_AVX2:
         qmatmul_avx2_prepared(w, &a->qx, a->n_tok, y, ldy, r0, r1);

@@ -33,13 +33,14 @@ typedef struct qx_prep {
     float *xs;
 } qx_prep;
 
-/* Activations laid out for the AMX kernel: per block of 16 tokens, B tiles for every k-step of K
- * bytes, then per group the 16 tokens' dx and sums. */
-typedef struct amx_prep {
+/* Activations laid out for the panel kernels (AMX tiles, or AVX-512 VNNI with one weight row per
+ * lane): per block of 16 tokens and k-step of K bytes, K/4 rows of 64 bytes, each holding the 16
+ * tokens' 4 activation bytes for one k; then per group the 16 tokens' dx and sums. */
+typedef struct panel_prep {
     int K, ksteps, kpg, groups, ntb;
     int8_t *xb;
     float *dxv, *xsv;
-} amx_prep;
+} panel_prep;
 
 static inline size_t qx_align64(size_t n) { return (n + 63) / 64 * 64; }
 
@@ -83,11 +84,12 @@ struct qact {
     const float *x;
     qweight w;            /* a copy of the shape fields (pointers unused) */
     qx_prep qx;
-    amx_prep amx;
+    panel_prep panel;
+    int panel_amx;        /* QACT_PANEL: AMX tiles, else the VNNI panel kernel */
     void *mem;
     size_t cap;
 };
-enum { QACT_SCALAR, QACT_AVX2, QACT_AVX512, QACT_AVX512VNNI, QACT_AMX };
+enum { QACT_SCALAR, QACT_AVX2, QACT_AVX512, QACT_AVX512VNNI, QACT_PANEL };
 
 /* Per-thread growable buffer; slot 0..KSCRATCH_SLOTS-1. Returns NULL when memory is exhausted. */
 #define KSCRATCH_SLOTS 8
@@ -111,10 +113,17 @@ void qmatmul_avx2_prepared(const qweight *w, const qx_prep *p, int n_tok, float 
                            int r1);
 void qmatmul_avx512_prepared(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
                              int r1, int vnni);
-size_t amx_bytes(amx_prep *a, const qweight *w, int n_tok);
-void amx_assign(amx_prep *a, void *mem);
-void amx_fill(const amx_prep *a, const qweight *w, const float *x, int n_tok, int t0, int t1);
-void qmatmul_amx_prepared(const qweight *w, const amx_prep *a, int n_tok, float *y, int ldy, int r0,
+size_t panel_bytes(panel_prep *a, const qweight *w, int n_tok);
+void panel_assign(panel_prep *a, void *mem);
+void panel_fill(const panel_prep *a, const qweight *w, const float *x, int n_tok, int t0, int t1);
+/* One weight row unpacked to a byte per element; one row's scales (or biases) as floats, stride apart. */
+void panel_unpack_row(const uint8_t *src, int bits, int cols, uint8_t *dst);
+void panel_row_floats(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst, int stride);
+void qmatmul_amx_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy, int r0,
                           int r1);
+/* The same layout on AVX-512 VNNI alone: meant for n_tok >= 16 (prefill). */
+void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
+void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy,
+                                 int r0, int r1);
 
 #endif
