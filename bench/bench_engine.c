@@ -5,7 +5,9 @@
  *
  * Reports load time (warm page cache), prefill tokens/s, time to first token, decode tokens/s,
  * peak RSS and the ratios: decode / (bandwidth / weight bytes per token), prefill / decode,
- * peak RSS / (weights + KV cache). */
+ * peak RSS / (weights + KV cache). The bandwidth is read 20 times (before and after the model
+ * runs); besides the mean decode rate against the best pass, the ratios pair the median token with
+ * the median pass and the fastest token with the best pass, since on a shared host both drift. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,49 +59,50 @@ __attribute__((optimize("O3"))) static void bw_item(void *arg, int item, int t)
     b->sink[t & 255] += acc;
 }
 
-/* Read bandwidth in GB/s (best of 10 passes, with and without software prefetch, so that the
- * roofline is not below what the kernels reach) with the same thread count, measured in a child
- * process so that its buffer does not count in this process's peak RSS. */
-static double measure_bandwidth(int threads, size_t mib)
+/* Read bandwidth in GB/s: 10 passes, alternately with and without software prefetch (so that the
+ * roofline is not below what the kernels reach), with the same thread count, measured in a child
+ * process so that its buffer does not count in this process's peak RSS. The pass rates go to out[]
+ * (10 values; 0 where a pass could not run). */
+#define BW_PASSES 10
+static void measure_bandwidth(int threads, size_t mib, double out[BW_PASSES])
 {
+    for (int i = 0; i < BW_PASSES; i++)
+        out[i] = 0;
     int fds[2];
     if (pipe(fds) != 0)
-        return 0;
+        return;
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
         size_t n = mib * 1024 * 1024 / 8;
         uint64_t *buf = malloc(n * 8);
-        double best = 0;
+        double rates[BW_PASSES] = {0};
         if (buf) {
             for (size_t i = 0; i < n; i++)
                 buf[i] = i;
             threadpool *p = threadpool_new(threads);
             struct bw_task task = {.buf = buf, .n = n, .per_item = 512 * 1024 / 8};
             const int items = (int)((n + task.per_item - 1) / task.per_item);
-            for (int rep = 0; rep < 10 && p; rep++) {
+            for (int rep = 0; rep < BW_PASSES && p; rep++) {
                 task.prefetch = rep & 1;
                 double t0 = now_s();
                 threadpool_for(p, bw_item, &task, items);
                 double dt = now_s() - t0;
-                double gbs = (double)n * 8 / dt / 1e9;
-                if (gbs > best)
-                    best = gbs;
+                rates[rep] = (double)n * 8 / dt / 1e9;
             }
             threadpool_free(p);
         }
-        if (write(fds[1], &best, sizeof best) != (ssize_t)sizeof best)
+        if (write(fds[1], rates, sizeof rates) != (ssize_t)sizeof rates)
             _exit(1);
         _exit(0);
     }
     close(fds[1]);
-    double best = 0;
-    if (pid < 0 || read(fds[0], &best, sizeof best) != (ssize_t)sizeof best)
-        best = 0;
+    if (pid < 0 || read(fds[0], out, BW_PASSES * sizeof(double)) != (ssize_t)(BW_PASSES * sizeof(double)))
+        for (int i = 0; i < BW_PASSES; i++)
+            out[i] = 0;
     close(fds[0]);
     if (pid > 0)
         waitpid(pid, NULL, 0);
-    return best;
 }
 
 static size_t file_bytes_in(const char *dir)
@@ -165,7 +168,8 @@ int main(int argc, char **argv)
     if (threads <= 0)
         threads = cpu_count();
 
-    double bw = measure_bandwidth(threads, bw_mib);
+    double bw_pass[2 * BW_PASSES];
+    measure_bandwidth(threads, bw_mib, bw_pass);
 
     perr err;
     model *m;
@@ -224,12 +228,14 @@ int main(int argc, char **argv)
     }
     double t_decode = now_s() - t0;
     qsort(tok_s, (size_t)n_gen, sizeof *tok_s, cmp_double);
-    double median_tps = 1.0 / tok_s[n_gen / 2];
+    double median_tps = 1.0 / tok_s[n_gen / 2], best_tps = 1.0 / tok_s[0];
     free(tok_s);
-    /* measured again after the model ran: other processes on the cores make single figures noisy */
-    double bw2 = measure_bandwidth(threads, bw_mib);
-    if (bw2 > bw)
-        bw = bw2;
+    /* measured again after the model ran: other processes on the cores (and, on a shared host, its
+     * memory traffic) make single figures noisy, so the ratios compare like with like: the best
+     * bandwidth pass with the fastest token, the median pass with the median token */
+    measure_bandwidth(threads, bw_mib, bw_pass + BW_PASSES);
+    qsort(bw_pass, 2 * BW_PASSES, sizeof *bw_pass, cmp_double);
+    double bw = bw_pass[2 * BW_PASSES - 1], bw_median = bw_pass[BW_PASSES];
 
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -245,19 +251,22 @@ int main(int argc, char **argv)
            c->hidden_size, c->intermediate_size, c->n_layers, c->n_heads, c->n_kv_heads, c->vocab_size,
            c->tied_embeddings ? "tied" : "untied");
     printf("threads          %d (kernels: %s)\n", threads, kernels_isa());
-    printf("bandwidth        %.2f GB/s (read, %zu MiB buffer, best before and after the model ran)\n", bw,
-           bw_mib);
+    printf("bandwidth        %.2f GB/s best, %.2f GB/s median (read, %zu MiB buffer, %d passes before and "
+           "after the model ran)\n", bw, bw_median, bw_mib, BW_PASSES);
     printf("weights/token    %.3f GB (files %.3f GB)\n", wbytes / 1e9, files / 1e9);
     printf("load             %.3f s (warm page cache)\n", t_load);
     printf("prefill          %.2f tokens/s (%d tokens, %.3f s)\n", prefill_tps, n_prompt, t_prefill);
     printf("time to 1st tok  %.3f s\n", t_prefill);
     printf("decode           %.3f tokens/s (%d tokens after a %d-token prompt)\n", decode_tps, n_gen, n_prompt);
     printf("decode median    %.3f tokens/s (median token time)\n", median_tps);
+    printf("decode best      %.3f tokens/s (fastest token)\n", best_tps);
     printf("roofline         %.3f tokens/s (bandwidth / weight bytes per token)\n", roofline);
     printf("peak RSS         %.3f GB (weights %.3f GB + KV %.3f GB = %.3f GB)\n", rss / 1e9, files / 1e9, kv / 1e9,
            (files + kv) / 1e9);
     printf("RATIO decode/roofline   %.2f\n", decode_tps / roofline);
     printf("RATIO decode median/roofline %.2f\n", median_tps / roofline);
+    printf("RATIO decode median/median-bandwidth roofline %.2f\n", median_tps / (bw_median * 1e9 / wbytes));
+    printf("RATIO decode best/roofline %.2f\n", best_tps / roofline);
     printf("RATIO prefill/decode    %.2f\n", prefill_tps / decode_tps);
     printf("RATIO rss/(weights+kv)  %.3f\n", rss / (files + kv));
     free(toks);
