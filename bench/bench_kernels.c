@@ -7,6 +7,8 @@
  */
 #include "kernels/qmatmul.h"
 
+#include <immintrin.h>
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,6 +109,48 @@ static double measure_bw(pool *p, const uint64_t *buf, size_t bytes)
     }
     return (double)bytes / best / 1e9;
 }
+
+/* ---- int8 dot-product peak: what prefill is bounded by when compute-bound ---- */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_VNNI_PEAK 1
+typedef struct { double macs; } peak_arg;
+
+/* Ten independent vpdpbusd chains per thread (more than latency x throughput), in asm so the
+ * compiler keeps them in registers. */
+__attribute__((target("avx512f,avx512vnni"))) static void peak_job(void *a, int idx, int n)
+{
+    __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(5);
+    __m512i c0 = x, c1 = x, c2 = x, c3 = x, c4 = x, c5 = x, c6 = x, c7 = x, c8 = x, c9 = x;
+    const long iters = 4000000;
+    for (long i = 0; i < iters; i++) {
+#define DP(c) __asm__ volatile("vpdpbusd %2, %1, %0" : "+v"(c) : "v"(x), "v"(y))
+        DP(c0); DP(c1); DP(c2); DP(c3); DP(c4); DP(c5); DP(c6); DP(c7); DP(c8); DP(c9);
+#undef DP
+    }
+    __asm__ volatile("" ::"v"(c0), "v"(c1), "v"(c2), "v"(c3), "v"(c4), "v"(c5), "v"(c6), "v"(c7), "v"(c8), "v"(c9));
+    if (idx == 0)
+        ((peak_arg *)a)->macs = (double)iters * 10 * 64 * n;
+}
+
+/* int8 multiply-adds per second with all threads (best of 3), or 0 without AVX-512 VNNI. */
+static double vnni_peak(pool *p)
+{
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512vnni"))
+        return 0;
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        peak_arg a;
+        double t0 = now();
+        pool_run(p, peak_job, &a);
+        double r = a.macs / (now() - t0);
+        best = r > best ? r : best;
+    }
+    return best;
+}
+#else
+static double vnni_peak(void *p) { (void)p; return 0; }
+#endif
 
 /* ---- matmul jobs ---- */
 typedef struct {
@@ -270,14 +314,20 @@ int main(int argc, char **argv)
     double bw1 = measure_bw(&p1, bwbuf, bw_bytes);
     double bwn = measure_bw(&pn, bwbuf, bw_bytes);
     printf("memory read bandwidth: %.1f GB/s (1 thread), %.1f GB/s (%d threads)\n", bw1, bwn, threads);
+    /* The SIMD kernels multiply each weight by two int8 levels of the activation, so at the int8
+     * peak P (multiply-adds/s) prefill reaches P weight-FLOPs/s (2 FLOPs x P / 2 levels). */
+    const double peak = vnni_peak(&pn);
+    if (peak > 0)
+        printf("int8 dot-product peak (vpdpbusd, %d threads): %.1f G multiply-adds/s = prefill bound %.1f GF/s\n",
+               threads, peak / 1e9, peak / 1e9);
 
     size_t xmax = (size_t)n_prefill * (size_t)I;
     float *x = malloc(xmax * sizeof(float)), *y = malloc(xmax * sizeof(float));
     for (size_t i = 0; i < xmax; i++)
         x[i] = (float)((int)(rnd64() % 2001) - 1000) / 700.0f;
 
-    printf("\n%-11s %8s %12s %7s %12s %13s %14s %10s %13s\n", "kernel", "bw GB/s", "decode GB/s",
-           "of bw", "decode GF/s", "prefill GF/s", "prefill tok/s", "vs decode", "qact GF/s");
+    printf("\n%-11s %8s %12s %7s %12s %13s %14s %10s %13s %9s\n", "kernel", "bw GB/s", "decode GB/s",
+           "of bw", "decode GF/s", "prefill GF/s", "prefill tok/s", "vs decode", "qact GF/s", "of peak");
     for (int ii = 0; ii < n_isa; ii++) {
         if (kernels_select_isa(isas[ii]) != 0) {
             printf("%-11s not supported on this CPU\n", isas[ii]);
@@ -335,14 +385,19 @@ int main(int argc, char **argv)
         double qa_gflops = 2 * pparams * n_prefill / qbest / 1e9;
         /* tokens/s through the same set of matrices as decode, at this FLOP rate */
         double pf_tok = pf_gflops * 1e9 / (2 * params);
-        printf("%-11s %8.1f %12.2f %6.0f%% %12.2f %13.1f %14.2f %9.1fx %13.1f\n", isas[ii], bwn,
+        const int vnni = strcmp(isas[ii], "avx512vnni") == 0 || strcmp(isas[ii], "amx") == 0;
+        printf("%-11s %8.1f %12.2f %6.0f%% %12.2f %13.1f %14.2f %9.1fx %13.1f", isas[ii], bwn,
                dec_gbs, 100 * dec_gbs / bwn, dec_gflops, pf_gflops, pf_tok, pf_tok / dec_tok, qa_gflops);
+        if (vnni && peak > 0 && strcmp(isas[ii], "amx") != 0)
+            printf(" %8.0f%%", 100 * qa_gflops * 1e9 / peak);
+        printf("\n");
         fflush(stdout);
     }
     printf("\ndecode GB/s: weight bytes (packed + scales + biases) per second, one token;\n"
            "bw: %d-thread read bandwidth measured just before; prefill: %d tokens per call;\n"
            "vs decode: prefill tokens/s over decode tokens/s on the same matrices;\n"
-           "qact GF/s: prefill with the activations quantized once and shared by the threads.\n",
+           "qact GF/s: prefill with the activations quantized once and shared by the threads;\n"
+           "of peak: qact GF/s over the int8 dot-product bound (AVX-512 VNNI kernels only).\n",
            threads, n_prefill);
     pool_stop(&p1);
     pool_stop(&pn);
