@@ -1,124 +1,172 @@
-/* One query head attending over its cached keys and values (causal softmax, float32).
- * Included by qwen2.c (portable build) and attention_avx2.c (built with AVX2 + FMA), which
- * compile the same source for different instruction sets. */
+/* Attention of the query heads that share one key/value head, for one query position (causal
+ * softmax, float32). Included by qwen2.c (portable build), attention_avx2.c and attention_avx512.c,
+ * which compile the same source for different instruction sets.
+ *
+ * Grouped-query attention gives every cached key to several query heads (8 in the 3B model), so the
+ * heads of a group are computed together: each key and value is read once for all of them. Keys are
+ * cached transposed in blocks of ATT_KB positions (block b holds, for each dimension d, the values of
+ * keys 16b..16b+15), so the scores of 16 keys are 16 independent sums in one vector and no
+ * horizontal additions are needed. The vector type is GCC/clang's generic vector, lowered to
+ * whatever the file is compiled for. */
 #ifndef PUNIE_MODEL_ATTENTION_IMPL_H
 #define PUNIE_MODEL_ATTENTION_IMPL_H
 
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
-/* Eight independent partial sums let the compiler vectorise without reassociating float adds. */
-static inline float attn_dot(const float *a, const float *b, int n)
+#define ATT_KB 16   /* keys per transposed block */
+#define ATT_HMAX 8  /* query heads computed together */
+
+typedef float att_v16 __attribute__((vector_size(64)));
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* the helpers below are static inline: no vector ever crosses a real call boundary */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+static inline att_v16 att_load(const float *p)
 {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++)
-            acc[k] += a[i + k] * b[i + k];
-    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
+    att_v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
 }
 
-/* Four keys at once, each summed exactly as attn_dot does: four independent accumulator chains
- * instead of one keep the FMA units busy (one chain waits on the FMA latency). */
-static inline void attn_dot4(const float *a, const float *b0, const float *b1, const float *b2, const float *b3,
-                             int n, float *out)
+static inline void att_store(float *p, att_v16 v) { memcpy(p, &v, sizeof v); }
+
+typedef int att_vi16 __attribute__((vector_size(64)));
+
+/* lanes of a where mask is set (all ones), else of b */
+static inline att_v16 att_select(att_vi16 mask, att_v16 a, att_v16 b)
 {
-    float c0[8] = {0}, c1[8] = {0}, c2[8] = {0}, c3[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int k = 0; k < 8; k++) {
-            c0[k] += a[i + k] * b0[i + k];
-            c1[k] += a[i + k] * b1[i + k];
-            c2[k] += a[i + k] * b2[i + k];
-            c3[k] += a[i + k] * b3[i + k];
-        }
-    float *acc[4] = {c0, c1, c2, c3};
-    const float *b[4] = {b0, b1, b2, b3};
-    for (int r = 0; r < 4; r++) {
-        const float *c = acc[r];
-        float s = ((c[0] + c[4]) + (c[1] + c[5])) + ((c[2] + c[6]) + (c[3] + c[7]));
-        for (int j = i; j < n; j++)
-            s += a[j] * b[r][j];
-        out[r] = s;
+    return (att_v16)(((att_vi16)a & mask) | ((att_vi16)b & ~mask));
+}
+
+/* e^x for x <= 0 (softmax arguments), within about 2 ulp of expf; 0 below -87.3 and for -inf.
+ * x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor polynomial to r^6 (error ~1e-7 relative),
+ * 2^n added to the exponent bits. */
+static inline att_v16 att_exp(att_v16 x)
+{
+    const att_v16 lo = (att_v16){0} - 87.33f;
+    const att_vi16 under = x < lo;
+    x = att_select(under, lo, x);
+    const att_v16 t = x * 1.44269504f + 12582912.0f; /* 1.5 * 2^23: rounds n to an integer */
+    const att_v16 n = t - 12582912.0f;
+    const att_vi16 ni = (att_vi16)t - 0x4b400000;
+    const att_v16 r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    att_v16 p = r * (1.0f / 720) + (1.0f / 120);
+    p = p * r + (1.0f / 24);
+    p = p * r + (1.0f / 6);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return (att_v16)(((att_vi16)p + (ni << 23)) & ~under);
+}
+
+/* softmax over s[0, n_keys) in place; the rest of the last block of 16 is set to 0 */
+static inline void att_softmax(float *s, int n_keys)
+{
+    const int nb = (n_keys + ATT_KB - 1) / ATT_KB;
+    for (int k = n_keys; k < nb * ATT_KB; k++)
+        s[k] = -INFINITY;
+    att_v16 m = att_load(s);
+    for (int b = 1; b < nb; b++) {
+        const att_v16 v = att_load(s + (size_t)b * ATT_KB);
+        m = att_select(v > m, v, m);
     }
+    float mx = m[0];
+    for (int i = 1; i < 16; i++)
+        mx = m[i] > mx ? m[i] : mx;
+    att_v16 sum = (att_v16){0};
+    for (int b = 0; b < nb; b++) {
+        const att_v16 e = att_exp(att_load(s + (size_t)b * ATT_KB) - mx);
+        att_store(s + (size_t)b * ATT_KB, e);
+        sum += e;
+    }
+    float total = 0.0f;
+    for (int i = 0; i < 16; i++)
+        total += sum[i];
+    const float inv = 1.0f / total;
+    for (int b = 0; b < nb; b++)
+        att_store(s + (size_t)b * ATT_KB, att_load(s + (size_t)b * ATT_KB) * inv);
 }
 
-/* out[i] = sum over s of w[s] * v_s[i] with w[s] = scores[s] * inv, added key by key in order (the
- * same sums as one out += w * v_s pass per key) but with 64 outputs held in registers across all keys
- * instead of loading and storing out for every key. */
-static inline void attn_weighted_sum(float *restrict out, const float *restrict scores, float inv,
-                                     const float *restrict vc, int n_keys, int D)
+/* Scores of heads [0, hn) (hn <= ATT_HMAX) against the keys of block kb, scaled, into s[h * stride].
+ * Absent heads repeat head 0 (a fixed count keeps the accumulators in registers); not stored. */
+static inline void att_scores_block(const float *q, int hn, int D, const float *kb, float scale, float *s,
+                                    size_t stride)
 {
+    const float *qh[ATT_HMAX];
+    for (int h = 0; h < ATT_HMAX; h++)
+        qh[h] = q + (size_t)(h < hn ? h : 0) * D;
+    att_v16 acc[ATT_HMAX];
+#pragma GCC unroll 8
+    for (int h = 0; h < ATT_HMAX; h++)
+        acc[h] = (att_v16){0};
+    for (int d = 0; d < D; d++) {
+        const att_v16 k = att_load(kb + (size_t)d * ATT_KB);
+#pragma GCC unroll 8
+        for (int h = 0; h < ATT_HMAX; h++)
+            acc[h] += qh[h][d] * k;
+    }
+    for (int h = 0; h < hn; h++)
+        att_store(s + (size_t)h * stride, acc[h] * scale);
+}
+
+/* out[h][i] = sum over keys s of p[h][s] * v_s[i] for up to 4 heads, keys added in order. */
+static inline void att_values4(const float *p, size_t stride, int hn, const float *vc, int n_keys, int D,
+                               float *out)
+{
+    const float *ph[4];
+    for (int h = 0; h < 4; h++)
+        ph[h] = p + (size_t)(h < hn ? h : 0) * stride;
     int i0 = 0;
-    for (; i0 + 64 <= D; i0 += 64) {
-        /* eight named blocks: the compiler keeps each in a vector register (a 2-D array stays in memory) */
-        float a0[8] = {0}, a1[8] = {0}, a2[8] = {0}, a3[8] = {0}, a4[8] = {0}, a5[8] = {0}, a6[8] = {0},
-              a7[8] = {0};
+    for (; i0 + 32 <= D; i0 += 32) {
+        att_v16 a0[4], a1[4];
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++)
+            a0[h] = a1[h] = (att_v16){0};
         for (int s = 0; s < n_keys; s++) {
-            const float w = scores[s] * inv;
             const float *v = vc + (size_t)s * D + i0;
-            for (int k = 0; k < 8; k++) {
-                a0[k] += w * v[k];
-                a1[k] += w * v[8 + k];
-                a2[k] += w * v[16 + k];
-                a3[k] += w * v[24 + k];
-                a4[k] += w * v[32 + k];
-                a5[k] += w * v[40 + k];
-                a6[k] += w * v[48 + k];
-                a7[k] += w * v[56 + k];
+            const att_v16 v0 = att_load(v), v1 = att_load(v + 16);
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; h++) {
+                a0[h] += ph[h][s] * v0;
+                a1[h] += ph[h][s] * v1;
             }
         }
-        for (int k = 0; k < 8; k++) {
-            out[i0 + k] = a0[k];
-            out[i0 + 8 + k] = a1[k];
-            out[i0 + 16 + k] = a2[k];
-            out[i0 + 24 + k] = a3[k];
-            out[i0 + 32 + k] = a4[k];
-            out[i0 + 40 + k] = a5[k];
-            out[i0 + 48 + k] = a6[k];
-            out[i0 + 56 + k] = a7[k];
+        for (int h = 0; h < hn; h++) {
+            att_store(out + (size_t)h * D + i0, a0[h]);
+            att_store(out + (size_t)h * D + i0 + 16, a1[h]);
         }
     }
-    for (; i0 < D; i0++) {
-        float a = 0.0f;
-        for (int s = 0; s < n_keys; s++)
-            a += scores[s] * inv * vc[(size_t)s * D + i0];
-        out[i0] = a;
-    }
+    for (; i0 < D; i0++)
+        for (int h = 0; h < hn; h++) {
+            float a = 0.0f;
+            for (int s = 0; s < n_keys; s++)
+                a += ph[h][s] * vc[(size_t)s * D + i0];
+            out[(size_t)h * D + i0] = a;
+        }
 }
 
-/* out[D] = softmax(q . k_s * scale for s < n_keys) weighted sum of v_s; scores holds n_keys floats. */
-static inline void attend_head(const float *q, const float *kc, const float *vc, int n_keys, int D, float scale,
-                               float *scores, float *out)
+/* Heads [0, ng) with queries q[h * D], keys kt (transposed blocks) and values vc ([key][D]) for keys
+ * 0..n_keys-1; out[h * D]. scores holds ng * ATT_KB * ceil(n_keys / ATT_KB) floats. */
+static inline void attend_group(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                                float scale, float *scores, float *out)
 {
-    float mx = -INFINITY;
-    int s0 = 0;
-    for (; s0 + 4 <= n_keys; s0 += 4) {
-        const float *k0 = kc + (size_t)s0 * D;
-        attn_dot4(q, k0, k0 + D, k0 + 2 * (size_t)D, k0 + 3 * (size_t)D, D, scores + s0);
-        for (int r = 0; r < 4; r++) {
-            float sc = scores[s0 + r] * scale;
-            scores[s0 + r] = sc;
-            if (sc > mx)
-                mx = sc;
-        }
+    const int nb = (n_keys + ATT_KB - 1) / ATT_KB;
+    const size_t stride = (size_t)nb * ATT_KB;
+    for (int h0 = 0; h0 < ng; h0 += ATT_HMAX) {
+        const int hn = ng - h0 < ATT_HMAX ? ng - h0 : ATT_HMAX;
+        for (int b = 0; b < nb; b++)
+            att_scores_block(q + (size_t)h0 * D, hn, D, kt + (size_t)b * D * ATT_KB, scale,
+                             scores + (size_t)h0 * stride + (size_t)b * ATT_KB, stride);
     }
-    for (int s = s0; s < n_keys; s++) {
-        float sc = attn_dot(q, kc + (size_t)s * D, D) * scale;
-        scores[s] = sc;
-        if (sc > mx)
-            mx = sc;
-    }
-    float sum = 0.0f;
-    for (int s = 0; s < n_keys; s++) {
-        scores[s] = expf(scores[s] - mx);
-        sum += scores[s];
-    }
-    float inv = 1.0f / sum;
-    attn_weighted_sum(out, scores, inv, vc, n_keys, D);
+    for (int h = 0; h < ng; h++)
+        att_softmax(scores + (size_t)h * stride, n_keys);
+    for (int h0 = 0; h0 < ng; h0 += 4)
+        att_values4(scores + (size_t)h0 * stride, stride, ng - h0 < 4 ? ng - h0 : 4, vc, n_keys, D,
+                    out + (size_t)h0 * D);
 }
 
 #endif

@@ -8,26 +8,33 @@
 #include "model/attention_impl.h"
 #include "model/model_internal.h"
 
-void attend_head_avx2(const float *q, const float *kc, const float *vc, int n_keys, int D, float scale,
-                      float *scores, float *out);
+typedef void (*attend_fn)(const float *, int, const float *, const float *, int, int, float, float *, float *);
 
-typedef void (*attend_fn)(const float *, const float *, const float *, int, int, float, float *, float *);
+void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                       float scale, float *scores, float *out);
+void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                         float scale, float *scores, float *out);
 
-static void attend_head_generic(const float *q, const float *kc, const float *vc, int n_keys, int D, float scale,
-                                float *scores, float *out)
+static void attend_group_generic(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                                 float scale, float *scores, float *out)
 {
-    attend_head(q, kc, vc, n_keys, D, scale, scores, out);
+    attend_group(q, ng, kt, vc, n_keys, D, scale, scores, out);
 }
 
-/* AVX2 + FMA when the CPU has it; PUNIE_ATTENTION=portable forces the portable build (tests). */
+/* The widest build the CPU runs; PUNIE_ATTENTION=portable forces the portable build (tests). */
 static attend_fn pick_attend(void)
 {
 #if defined(__x86_64__)
     const char *want = getenv("PUNIE_ATTENTION");
-    if (!(want && strcmp(want, "portable") == 0) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return attend_head_avx2;
+    if (want && strcmp(want, "portable") == 0)
+        return attend_group_generic;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return attend_group_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return attend_group_avx2;
 #endif
-    return attend_head_generic;
+    return attend_group_generic;
 }
 
 void qwen2_setup(model *m) { m->attend = pick_attend(); }
@@ -38,7 +45,9 @@ void qwen2_setup(model *m) { m->attend = pick_attend(); }
 struct model_ctx {
     model *m;
     int n_ctx, pos, chunk;
-    float *k_cache, *v_cache; /* [layer][kv_head][n_ctx][head_dim] */
+    int n_ctx_pad;            /* n_ctx rounded up to whole key blocks */
+    float *k_cache;           /* [layer][kv_head][n_ctx_pad / ATT_KB][head_dim][ATT_KB] (transposed blocks) */
+    float *v_cache;           /* [layer][kv_head][n_ctx][head_dim] */
     /* per-chunk activations */
     float *x;            /* [chunk][H] residual stream */
     float *xn;           /* [chunk][H] normalised input of a block */
@@ -47,7 +56,7 @@ struct model_ctx {
     float *proj;         /* [chunk][H] output of o_proj / down_proj */
     float *gate, *up;    /* [chunk][I] */
     float *rope_cos, *rope_sin; /* [chunk][D/2] */
-    float *scores;       /* [n_threads][n_ctx] */
+    float *scores;       /* [n_threads][heads per kv head][n_ctx_pad] */
     float *last_norm;    /* [H] */
 };
 
@@ -180,7 +189,7 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half)
     }
 }
 
-/* ---- attention, parallel over (head, query) pairs ---- */
+/* ---- attention, parallel over (kv head, query) pairs ---- */
 
 struct att_task {
     model_ctx *c;
@@ -195,17 +204,16 @@ static void att_item(void *arg, int it, int t)
     const int D = cfg->head_dim, nh = cfg->n_heads, nkv = cfg->n_kv_heads;
     const int group = nh / nkv;
     const float scale = 1.0f / sqrtf((float)D);
-    float *scores = c->scores + (size_t)t * c->n_ctx;
-    const size_t layer_off = (size_t)a->layer * nkv * c->n_ctx * D;
+    float *scores = c->scores + (size_t)t * (size_t)group * (size_t)c->n_ctx_pad;
     /* later queries see more keys: hand them out first so the last items are the short ones */
-    int h = it % nh, j = a->n_tok - 1 - it / nh;
-    int g = h / group;
+    int g = it % nkv, j = a->n_tok - 1 - it / nkv;
     int n_keys = a->pos0 + j + 1; /* causal: keys 0..pos */
-    const float *q = c->q + (size_t)j * nh * D + (size_t)h * D;
-    const float *kc = c->k_cache + layer_off + (size_t)g * c->n_ctx * D;
-    const float *vc = c->v_cache + layer_off + (size_t)g * c->n_ctx * D;
-    float *out = c->att + (size_t)j * nh * D + (size_t)h * D;
-    c->m->attend(q, kc, vc, n_keys, D, scale, scores, out);
+    const size_t head_kv = (size_t)a->layer * nkv + (size_t)g;
+    const float *q = c->q + (size_t)j * nh * D + (size_t)g * group * D;
+    const float *kt = c->k_cache + head_kv * (size_t)c->n_ctx_pad * D;
+    const float *vc = c->v_cache + head_kv * (size_t)c->n_ctx * D;
+    float *out = c->att + (size_t)j * nh * D + (size_t)g * group * D;
+    c->m->attend(q, group, kt, vc, n_keys, D, scale, scores, out);
 }
 
 /* ---- context ---- */
@@ -224,8 +232,10 @@ int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
     c->chunk = n_ctx < CHUNK ? n_ctx : CHUNK;
     const size_t H = cfg->hidden_size, I = cfg->intermediate_size, D = cfg->head_dim;
     const size_t qd = cfg->n_heads * D, kvd = cfg->n_kv_heads * D, ch = c->chunk;
+    c->n_ctx_pad = (n_ctx + ATT_KB - 1) / ATT_KB * ATT_KB;
     const size_t kv = (size_t)cfg->n_layers * kvd * (size_t)n_ctx;
-    c->k_cache = malloc(kv * sizeof(float));
+    /* zeroed: the lanes of a key block past the last position are read (and their scores dropped) */
+    c->k_cache = calloc((size_t)cfg->n_layers * kvd * (size_t)c->n_ctx_pad, sizeof(float));
     c->v_cache = malloc(kv * sizeof(float));
     c->x = malloc(ch * H * sizeof(float));
     c->xn = malloc(ch * H * sizeof(float));
@@ -238,7 +248,8 @@ int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
     c->up = malloc(ch * I * sizeof(float));
     c->rope_cos = malloc(ch * (D / 2) * sizeof(float));
     c->rope_sin = malloc(ch * (D / 2) * sizeof(float));
-    c->scores = malloc((size_t)threadpool_size(m->pool) * (size_t)n_ctx * sizeof(float));
+    c->scores = malloc((size_t)threadpool_size(m->pool) * (size_t)(cfg->n_heads / cfg->n_kv_heads) *
+                       (size_t)c->n_ctx_pad * sizeof(float));
     c->last_norm = malloc(H * sizeof(float));
     if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj ||
         !c->gate || !c->up || !c->rope_cos || !c->rope_sin || !c->scores || !c->last_norm) {
@@ -310,7 +321,6 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
         };
         run_matmul(m, &qkv);
 
-        const size_t layer_off = (size_t)l * kvd * c->n_ctx;
         for (int j = 0; j < n; j++) {
             float *q = c->q + (size_t)j * qd, *k = c->k + (size_t)j * kvd, *v = c->v + (size_t)j * kvd;
             const float *cs = c->rope_cos + (size_t)j * half, *sn = c->rope_sin + (size_t)j * half;
@@ -322,16 +332,21 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
             }
             for (int h = 0; h < nh; h++)
                 rope_apply(q + (size_t)h * D, cs, sn, half);
+            const int p = pos0 + j;
             for (int g = 0; g < nkv; g++) {
                 rope_apply(k + (size_t)g * D, cs, sn, half);
-                size_t at = layer_off + ((size_t)g * c->n_ctx + (size_t)(pos0 + j)) * D;
-                memcpy(c->k_cache + at, k + (size_t)g * D, (size_t)D * sizeof(float));
-                memcpy(c->v_cache + at, v + (size_t)g * D, (size_t)D * sizeof(float));
+                const size_t head_kv = (size_t)l * nkv + (size_t)g;
+                float *kb = c->k_cache + (head_kv * (size_t)c->n_ctx_pad + (size_t)(p / ATT_KB) * ATT_KB) * D +
+                            (size_t)(p % ATT_KB);
+                for (int d = 0; d < D; d++)
+                    kb[(size_t)d * ATT_KB] = k[(size_t)g * D + d];
+                memcpy(c->v_cache + (head_kv * (size_t)c->n_ctx + (size_t)p) * D, v + (size_t)g * D,
+                       (size_t)D * sizeof(float));
             }
         }
 
         struct att_task at = {.c = c, .layer = l, .n_tok = n, .pos0 = pos0};
-        threadpool_for(m->pool, att_item, &at, nh * n);
+        threadpool_for(m->pool, att_item, &at, nkv * n);
 
         matmul1(m, &L->wo, c->att, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)

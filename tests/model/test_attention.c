@@ -1,0 +1,132 @@
+/* Grouped attention (src/model/attention_impl.h) in every build this CPU runs, against a
+ * straightforward double-precision softmax attention: odd key counts (partial key blocks), head
+ * groups of 1 to 11 (fewer and more than the 8 computed together), head sizes with and without a
+ * tail past the 32-wide value blocks. Also the vector exp against exp(). */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECK_REPORT_MAX 20
+#include "../lib/test_util.h"
+#include "model/attention_impl.h"
+
+void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                       float scale, float *scores, float *out);
+void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                         float scale, float *scores, float *out);
+
+typedef void (*attend_fn)(const float *, int, const float *, const float *, int, int, float, float *, float *);
+
+static void portable(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D, float scale,
+                     float *scores, float *out)
+{
+    attend_group(q, ng, kt, vc, n_keys, D, scale, scores, out);
+}
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+static void reference(const float *q, int ng, const float *k, const float *v, int n_keys, int D, float scale,
+                      double *out)
+{
+    double *p = malloc((size_t)n_keys * sizeof *p);
+    for (int h = 0; h < ng; h++) {
+        double mx = -INFINITY, sum = 0;
+        for (int s = 0; s < n_keys; s++) {
+            double d = 0;
+            for (int i = 0; i < D; i++)
+                d += (double)q[(size_t)h * D + i] * k[(size_t)s * D + i];
+            p[s] = d * scale;
+            mx = p[s] > mx ? p[s] : mx;
+        }
+        for (int s = 0; s < n_keys; s++)
+            sum += p[s] = exp(p[s] - mx);
+        for (int i = 0; i < D; i++) {
+            double a = 0;
+            for (int s = 0; s < n_keys; s++)
+                a += p[s] / sum * v[(size_t)s * D + i];
+            out[(size_t)h * D + i] = a;
+        }
+    }
+    free(p);
+}
+
+static void check_build(const char *name, attend_fn fn)
+{
+    static const int dims[] = {64, 80, 128};
+    static const int keys[] = {1, 15, 16, 17, 100, 333};
+    int cases = 0;
+    for (int di = 0; di < 3; di++)
+        for (int ng = 1; ng <= 11; ng += 2)
+            for (int ki = 0; ki < 6; ki++) {
+                const int D = dims[di], n_keys = keys[ki], nb = (n_keys + ATT_KB - 1) / ATT_KB;
+                float *q = malloc(sizeof(float) * (size_t)ng * D), *k = malloc(sizeof(float) * (size_t)n_keys * D);
+                float *v = malloc(sizeof(float) * (size_t)n_keys * D);
+                /* transposed blocks; the lanes past n_keys hold garbage that must not matter */
+                float *kt = malloc(sizeof(float) * (size_t)nb * ATT_KB * D);
+                float *scores = malloc(sizeof(float) * (size_t)ng * nb * ATT_KB);
+                float *out = malloc(sizeof(float) * (size_t)ng * D);
+                double *want = malloc(sizeof(double) * (size_t)ng * D);
+                for (int i = 0; i < ng * D; i++)
+                    q[i] = 3 * frand();
+                for (int i = 0; i < n_keys * D; i++) {
+                    k[i] = 3 * frand();
+                    v[i] = frand();
+                }
+                for (int i = 0; i < nb * ATT_KB * D; i++)
+                    kt[i] = 1e30f * frand();
+                for (int s = 0; s < n_keys; s++)
+                    for (int i = 0; i < D; i++)
+                        kt[((size_t)(s / ATT_KB) * D + (size_t)i) * ATT_KB + (size_t)(s % ATT_KB)] = k[(size_t)s * D + i];
+                const float scale = 1.0f / sqrtf((float)D);
+                fn(q, ng, kt, v, n_keys, D, scale, scores, out);
+                reference(q, ng, k, v, n_keys, D, scale, want);
+                for (int i = 0; i < ng * D; i++)
+                    CHECK(fabs(out[i] - want[i]) < 2e-5, "%s: D=%d heads=%d keys=%d out[%d] = %.8g, want %.8g", name,
+                          D, ng, n_keys, i, out[i], want[i]);
+                cases++;
+                free(q);
+                free(k);
+                free(v);
+                free(kt);
+                free(scores);
+                free(out);
+                free(want);
+            }
+    printf("%-8s %d cases\n", name, cases);
+}
+
+int main(void)
+{
+    double worst = 0;
+    for (float x = -90.0f; x <= 0.0f; x += 0.0037f) {
+        const float e = att_exp((att_v16){0} + x)[0];
+        const double want = exp((double)x);
+        if (x < -87.4f)
+            CHECK(e == 0.0f, "exp(%g) = %g, want 0", x, e);
+        else if (want > 1e-37) {
+            const double rel = fabs(e - want) / want;
+            worst = rel > worst ? rel : worst;
+        }
+    }
+    CHECK(worst < 5e-7, "exp: worst relative error %g", worst);
+    CHECK(att_exp((att_v16){0} - INFINITY)[0] == 0.0f, "exp(-inf)");
+    CHECK(att_exp((att_v16){0})[0] == 1.0f, "exp(0)");
+
+    check_build("portable", portable);
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        check_build("avx2", attend_group_avx2);
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        check_build("avx512", attend_group_avx512);
+#endif
+    return test_result("all attention checks passed");
+}
