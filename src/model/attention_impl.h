@@ -7,7 +7,7 @@
  * cached transposed in blocks of ATT_KB positions (block b holds, for each dimension d, the values of
  * keys 16b..16b+15), so the scores of 16 keys are 16 independent sums in one vector and no
  * horizontal additions are needed. The vector type is GCC/clang's generic vector, lowered to
- * whatever the file is compiled for. */
+ * whatever the file is compiled for (model/vec16.h). */
 #ifndef PUNIE_MODEL_ATTENTION_IMPL_H
 #define PUNIE_MODEL_ATTENTION_IMPL_H
 
@@ -15,53 +15,10 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "model/vec16.h"
+
 #define ATT_KB 16   /* keys per transposed block */
 #define ATT_HMAX 8  /* query heads computed together */
-
-typedef float att_v16 __attribute__((vector_size(64)));
-
-#if defined(__GNUC__) && !defined(__clang__)
-/* the helpers below are static inline: no vector ever crosses a real call boundary */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#endif
-
-static inline att_v16 att_load(const float *p)
-{
-    att_v16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void att_store(float *p, att_v16 v) { memcpy(p, &v, sizeof v); }
-
-typedef int att_vi16 __attribute__((vector_size(64)));
-
-/* lanes of a where mask is set (all ones), else of b */
-static inline att_v16 att_select(att_vi16 mask, att_v16 a, att_v16 b)
-{
-    return (att_v16)(((att_vi16)a & mask) | ((att_vi16)b & ~mask));
-}
-
-/* e^x for x <= 0 (softmax arguments), within about 2 ulp of expf; 0 below -87.3 and for -inf.
- * x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor polynomial to r^6 (error ~1e-7 relative),
- * 2^n added to the exponent bits. */
-static inline att_v16 att_exp(att_v16 x)
-{
-    const att_v16 lo = (att_v16){0} - 87.33f;
-    const att_vi16 under = x < lo;
-    x = att_select(under, lo, x);
-    const att_v16 t = x * 1.44269504f + 12582912.0f; /* 1.5 * 2^23: rounds n to an integer */
-    const att_v16 n = t - 12582912.0f;
-    const att_vi16 ni = (att_vi16)t - 0x4b400000;
-    const att_v16 r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
-    att_v16 p = r * (1.0f / 720) + (1.0f / 120);
-    p = p * r + (1.0f / 24);
-    p = p * r + (1.0f / 6);
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    return (att_v16)(((att_vi16)p + (ni << 23)) & ~under);
-}
 
 /* softmax over s[0, n_keys) in place; the rest of the last block of 16 is set to 0 */
 static inline void att_softmax(float *s, int n_keys)
@@ -69,18 +26,18 @@ static inline void att_softmax(float *s, int n_keys)
     const int nb = (n_keys + ATT_KB - 1) / ATT_KB;
     for (int k = n_keys; k < nb * ATT_KB; k++)
         s[k] = -INFINITY;
-    att_v16 m = att_load(s);
+    v16 m = v16_load(s);
     for (int b = 1; b < nb; b++) {
-        const att_v16 v = att_load(s + (size_t)b * ATT_KB);
-        m = att_select(v > m, v, m);
+        const v16 v = v16_load(s + (size_t)b * ATT_KB);
+        m = v16_select(v > m, v, m);
     }
     float mx = m[0];
     for (int i = 1; i < 16; i++)
         mx = m[i] > mx ? m[i] : mx;
-    att_v16 sum = (att_v16){0};
+    v16 sum = (v16){0};
     for (int b = 0; b < nb; b++) {
-        const att_v16 e = att_exp(att_load(s + (size_t)b * ATT_KB) - mx);
-        att_store(s + (size_t)b * ATT_KB, e);
+        const v16 e = v16_exp(v16_load(s + (size_t)b * ATT_KB) - mx);
+        v16_store(s + (size_t)b * ATT_KB, e);
         sum += e;
     }
     float total = 0.0f;
@@ -88,7 +45,7 @@ static inline void att_softmax(float *s, int n_keys)
         total += sum[i];
     const float inv = 1.0f / total;
     for (int b = 0; b < nb; b++)
-        att_store(s + (size_t)b * ATT_KB, att_load(s + (size_t)b * ATT_KB) * inv);
+        v16_store(s + (size_t)b * ATT_KB, v16_load(s + (size_t)b * ATT_KB) * inv);
 }
 
 /* Scores of heads [0, hn) (hn <= ATT_HMAX) against the keys of block kb, scaled, into s[h * stride].
@@ -99,18 +56,18 @@ static inline void att_scores_block(const float *q, int hn, int D, const float *
     const float *qh[ATT_HMAX];
     for (int h = 0; h < ATT_HMAX; h++)
         qh[h] = q + (size_t)(h < hn ? h : 0) * D;
-    att_v16 acc[ATT_HMAX];
+    v16 acc[ATT_HMAX];
 #pragma GCC unroll 8
     for (int h = 0; h < ATT_HMAX; h++)
-        acc[h] = (att_v16){0};
+        acc[h] = (v16){0};
     for (int d = 0; d < D; d++) {
-        const att_v16 k = att_load(kb + (size_t)d * ATT_KB);
+        const v16 k = v16_load(kb + (size_t)d * ATT_KB);
 #pragma GCC unroll 8
         for (int h = 0; h < ATT_HMAX; h++)
             acc[h] += qh[h][d] * k;
     }
     for (int h = 0; h < hn; h++)
-        att_store(s + (size_t)h * stride, acc[h] * scale);
+        v16_store(s + (size_t)h * stride, acc[h] * scale);
 }
 
 /* out[h][i] = sum over keys s of p[h][s] * v_s[i] for up to 4 heads, keys added in order. */
@@ -122,13 +79,13 @@ static inline void att_values4(const float *p, size_t stride, int hn, const floa
         ph[h] = p + (size_t)(h < hn ? h : 0) * stride;
     int i0 = 0;
     for (; i0 + 32 <= D; i0 += 32) {
-        att_v16 a0[4], a1[4];
+        v16 a0[4], a1[4];
 #pragma GCC unroll 4
         for (int h = 0; h < 4; h++)
-            a0[h] = a1[h] = (att_v16){0};
+            a0[h] = a1[h] = (v16){0};
         for (int s = 0; s < n_keys; s++) {
             const float *v = vc + (size_t)s * D + i0;
-            const att_v16 v0 = att_load(v), v1 = att_load(v + 16);
+            const v16 v0 = v16_load(v), v1 = v16_load(v + 16);
 #pragma GCC unroll 4
             for (int h = 0; h < 4; h++) {
                 a0[h] += ph[h][s] * v0;
@@ -136,8 +93,8 @@ static inline void att_values4(const float *p, size_t stride, int hn, const floa
             }
         }
         for (int h = 0; h < hn; h++) {
-            att_store(out + (size_t)h * D + i0, a0[h]);
-            att_store(out + (size_t)h * D + i0 + 16, a1[h]);
+            v16_store(out + (size_t)h * D + i0, a0[h]);
+            v16_store(out + (size_t)h * D + i0 + 16, a1[h]);
         }
     }
     for (; i0 < D; i0++)

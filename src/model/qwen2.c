@@ -101,9 +101,15 @@ static void swiglu_item(const struct mm_task *task, int item)
     for (int t = 0; t < task->n_tok; t++) {
         float *gp = g->y + (size_t)t * g->ldy;
         const float *up = u->y + (size_t)t * u->ldy;
-        for (int i = r0; i < r1; i++) {
-            float v = gp[i];
-            gp[i] = v / (1.0f + expf(-v)) * up[i];
+        int i = r0;
+        for (; i + 16 <= r1; i += 16)
+            v16_store(gp + i, v16_silu_mul(v16_load(gp + i), v16_load(up + i)));
+        if (i < r1) { /* the same arithmetic on a padded copy, so every element gets identical math */
+            float tg[16] = {0}, tu[16] = {0};
+            memcpy(tg, gp + i, (size_t)(r1 - i) * sizeof(float));
+            memcpy(tu, up + i, (size_t)(r1 - i) * sizeof(float));
+            v16_store(tg, v16_silu_mul(v16_load(tg), v16_load(tu)));
+            memcpy(gp + i, tg, (size_t)(r1 - i) * sizeof(float));
         }
     }
 }

@@ -1,7 +1,7 @@
 /* Grouped attention (src/model/attention_impl.h) in every build this CPU runs, against a
  * straightforward double-precision softmax attention: odd key counts (partial key blocks), head
  * groups of 1 to 11 (fewer and more than the 8 computed together), head sizes with and without a
- * tail past the 32-wide value blocks. Also the vector exp against exp(). */
+ * tail past the 32-wide value blocks. Also the vector exp and SwiGLU's silu against exp(). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -107,7 +107,7 @@ int main(void)
 {
     double worst = 0;
     for (float x = -90.0f; x <= 0.0f; x += 0.0037f) {
-        const float e = att_exp((att_v16){0} + x)[0];
+        const float e = v16_exp((v16){0} + x)[0];
         const double want = exp((double)x);
         if (x < -87.4f)
             CHECK(e == 0.0f, "exp(%g) = %g, want 0", x, e);
@@ -117,8 +117,17 @@ int main(void)
         }
     }
     CHECK(worst < 5e-7, "exp: worst relative error %g", worst);
-    CHECK(att_exp((att_v16){0} - INFINITY)[0] == 0.0f, "exp(-inf)");
-    CHECK(att_exp((att_v16){0})[0] == 1.0f, "exp(0)");
+    CHECK(v16_exp((v16){0} - INFINITY)[0] == 0.0f, "exp(-inf)");
+    CHECK(v16_exp((v16){0})[0] == 1.0f, "exp(0)");
+    double worst_silu = 0;
+    for (float g = -100.0f; g <= 100.0f; g += 0.0031f) {
+        const double want = g / (1.0 + exp(-(double)g)) * 0.75;
+        const float got = v16_silu_mul((v16){0} + g, (v16){0} + 0.75f)[0];
+        const double err = fabs(got - want) / (fabs(want) > 1e-30 ? fabs(want) : 1e-30);
+        if (fabs(want) > 1e-30)
+            worst_silu = err > worst_silu ? err : worst_silu;
+    }
+    CHECK(worst_silu < 1e-6, "silu: worst relative error %g", worst_silu);
 
     check_build("portable", portable);
 #if defined(__x86_64__)

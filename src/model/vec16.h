@@ -1,0 +1,63 @@
+/* A 16-float vector in GCC/clang's generic vector extension, lowered to whatever instruction set
+ * the including file is compiled for (SSE2, AVX2, AVX-512), and the few operations on it that the
+ * forward pass needs: loads, stores, a select, e^x for x <= 0 and SwiGLU's silu(g) * u. */
+#ifndef PUNIE_MODEL_VEC16_H
+#define PUNIE_MODEL_VEC16_H
+
+#include <string.h>
+
+typedef float v16 __attribute__((vector_size(64)));
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* the helpers below are static inline: no vector ever crosses a real call boundary */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+static inline v16 v16_load(const float *p)
+{
+    v16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void v16_store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+typedef int vi16 __attribute__((vector_size(64)));
+
+/* lanes of a where mask is set (all ones), else of b */
+static inline v16 v16_select(vi16 mask, v16 a, v16 b)
+{
+    return (v16)(((vi16)a & mask) | ((vi16)b & ~mask));
+}
+
+/* e^x for x <= 0 (softmax arguments), within about 2 ulp of expf; 0 below -87.3 and for -inf.
+ * x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor polynomial to r^6 (error ~1e-7 relative),
+ * 2^n added to the exponent bits. */
+static inline v16 v16_exp(v16 x)
+{
+    const v16 lo = (v16){0} - 87.33f;
+    const vi16 under = x < lo;
+    x = v16_select(under, lo, x);
+    const v16 t = x * 1.44269504f + 12582912.0f; /* 1.5 * 2^23: rounds n to an integer */
+    const v16 n = t - 12582912.0f;
+    const vi16 ni = (vi16)t - 0x4b400000;
+    const v16 r = (x - n * 0.693145751953125f) - n * 1.428606765330187e-06f;
+    v16 p = r * (1.0f / 720) + (1.0f / 120);
+    p = p * r + (1.0f / 24);
+    p = p * r + (1.0f / 6);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return (v16)(((vi16)p + (ni << 23)) & ~under);
+}
+
+/* silu(g) * u = g / (1 + e^-g) * u, through e^-|g| so that the exponent never overflows */
+static inline v16 v16_silu_mul(v16 g, v16 u)
+{
+    const vi16 neg = g < 0.0f;
+    const v16 e = v16_exp(v16_select(neg, g, -g));
+    return v16_select(neg, g * e, g) / (1.0f + e) * u;
+}
+
+
+#endif
