@@ -11,8 +11,9 @@
 
 #define CB 64
 #define NR 4
-/* how far ahead (in rows) the scales and biases are prefetched */
-#define SCALE_PF_ROWS (8 * NR)
+/* how far ahead (in rows) the scales and biases are prefetched: two tiles, so they arrive in time
+ * yet are still in L1 (further ahead, the streaming weights evict them first) */
+#define SCALE_PF_ROWS (2 * NR)
 
 typedef struct tile_ctx {
     const qx_prep *p;
