@@ -31,16 +31,7 @@ typedef struct tile_config {
 
 void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
-    panel_prep ap;
-    size_t bytes = panel_bytes(&ap, w, n_tok);
-    void *mem = kernels_scratch(1, bytes);
-    if (!mem) {
-        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
-        return;
-    }
-    panel_assign(&ap, mem);
-    panel_fill(&ap, w, x, n_tok, 0, n_tok);
-    qmatmul_amx_prepared(w, &ap, n_tok, y, ldy, r0, r1);
+    panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_amx_prepared);
 }
 
 void qmatmul_amx_prepared(const qweight *w, const panel_prep *ap, int n_tok, float *y, int ldy, int r0,
@@ -49,7 +40,6 @@ void qmatmul_amx_prepared(const qweight *w, const panel_prep *ap, int n_tok, flo
     const int cols = w->cols, groups = ap->groups;
     const int K = ap->K, ksteps = ap->ksteps, kpg = ap->kpg;
     const int ntb = ap->ntb;
-    const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
     const int8_t *xb = ap->xb;
     const float *dxv = ap->dxv, *xsv = ap->xsv;
     if (r0 >= r1 || n_tok <= 0)
@@ -82,18 +72,7 @@ void qmatmul_amx_prepared(const qweight *w, const panel_prep *ap, int n_tok, flo
 
     for (int r = r0; r < r1; r += PR) {
         const int nr = r1 - r < PR ? r1 - r : PR;
-        for (int i = 0; i < PR; i++) {
-            uint8_t *dst = wp + (size_t)i * (size_t)cols;
-            if (i < nr) {
-                panel_unpack_row(w->packed + (size_t)(r + i) * row_bytes, w->bits, cols, dst);
-                panel_row_floats(w->scales, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, sp + i, PR);
-                panel_row_floats(w->biases, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, bp + i, PR);
-            } else {
-                memset(dst, 0, (size_t)cols);
-                for (int g = 0; g < groups; g++)
-                    sp[(size_t)g * PR + (size_t)i] = bp[(size_t)g * PR + (size_t)i] = 0.0f;
-            }
-        }
+        panel_load(w, r, nr, PR, PR, wp, sp, bp);
         const int two_row_tiles = nr > 16;
         /* tiles: C 0/1 = rows 0-15 x (level 1, level 2), C 2/3 = rows 16-31 x (level 1, level 2);
          * A 4/5 = the two row halves; B 6/7 = the two activation levels of one token block */

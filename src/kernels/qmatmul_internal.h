@@ -119,8 +119,15 @@ void panel_fill(const panel_prep *a, const qweight *w, const float *x, int n_tok
 /* One weight row unpacked to a byte per element; one row's scales (or biases) as floats, stride apart. */
 void panel_unpack_row(const uint8_t *src, int bits, int cols, uint8_t *dst);
 void panel_row_floats(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst, int stride);
+/* Rows [r, r + nr) of w into a panel of n rows (the rest zero): bytes to wp (cols apart), scales and
+ * biases to sp and bp transposed (group g of row i at g * stride + i). */
+void panel_load(const qweight *w, int r, int nr, int n, int stride, uint8_t *wp, float *sp, float *bp);
 void qmatmul_amx_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy, int r0,
                           int r1);
+/* Lays out x in scratch memory and runs a panel kernel on it (the VNNI tile kernel if memory is short). */
+typedef void (*panel_kernel_fn)(const qweight *, const panel_prep *, int, float *, int, int, int);
+void panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
+               panel_kernel_fn kernel);
 /* The same layout on AVX-512 VNNI alone: meant for n_tok >= 16 (prefill). */
 void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy,

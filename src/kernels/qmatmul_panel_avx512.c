@@ -50,6 +50,24 @@ void panel_unpack_row(const uint8_t *src, int bits, int cols, uint8_t *dst)
     }
 }
 
+void panel_load(const qweight *w, int r, int nr, int n, int stride, uint8_t *wp, float *sp, float *bp)
+{
+    const int cols = w->cols, groups = cols / w->group_size;
+    const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
+    for (int i = 0; i < n; i++) {
+        uint8_t *dst = wp + (size_t)i * (size_t)cols;
+        if (i < nr) {
+            panel_unpack_row(w->packed + (size_t)(r + i) * row_bytes, w->bits, cols, dst);
+            panel_row_floats(w->scales, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, sp + i, stride);
+            panel_row_floats(w->biases, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, bp + i, stride);
+        } else {
+            memset(dst, 0, (size_t)cols);
+            for (int g = 0; g < groups; g++)
+                sp[(size_t)g * (size_t)stride + (size_t)i] = bp[(size_t)g * (size_t)stride + (size_t)i] = 0.0f;
+        }
+    }
+}
+
 size_t panel_bytes(panel_prep *a, const qweight *w, int n_tok)
 {
     const int cols = w->cols, G = w->group_size;
@@ -80,7 +98,6 @@ void panel_fill(const panel_prep *ap, const qweight *w, const float *x, int n_to
     int8_t *xb = ap->xb;
     float *dxv = ap->dxv, *xsv = ap->xsv;
     const size_t level2 = (size_t)ap->ntb * 16 * (size_t)cols; /* second int8 level after the first */
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i dword_rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112); /* in dwords */
     /* Token blocks outside, groups inside: the 16 tokens of a group fill 16*G contiguous bytes of
      * tiles, which stay in L1 while they are written. */
@@ -98,14 +115,7 @@ void panel_fill(const panel_prep *ap, const qweight *w, const float *x, int n_to
                 dxg[n] = xsg[n] = 0.0f;
             for (int n = 0; n < tn; n++) {
                 const float *xg = x + (size_t)(tb * 16 + n) * (size_t)cols + (size_t)g * (size_t)G;
-                __m256 vmax = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
-                for (int j = 0; j < G; j += 8) {
-                    __m256 v = _mm256_loadu_ps(xg + j);
-                    vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
-                    vsum = _mm256_add_ps(vsum, v);
-                }
-                const float amax = hmax8(vmax);
-                xsg[n] = hsum8(vsum);
+                const float amax = group_absmax_sum(xg, G, &xsg[n]);
                 dxg[n] = amax / 127.0f / 256.0f; /* the kernel combines 256 * level 1 + level 2 */
                 const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
                 int8_t *xbt = xb + (size_t)tb * 16 * (size_t)cols + (size_t)n * 4;
@@ -189,7 +199,6 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
 {
     const int cols = w->cols, groups = ap->groups, G = w->group_size;
     const int K = ap->K, ksteps = ap->ksteps, kpg = ap->kpg, ntb = ap->ntb;
-    const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
     const size_t level2 = (size_t)ntb * 16 * (size_t)cols;
     if (r0 >= r1 || n_tok <= 0)
         return;
@@ -203,18 +212,7 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
     for (int r = r0; r < r1; r += PR) {
         const int nr = r1 - r < PR ? r1 - r : PR;
         const int nq = (nr + QR - 1) / QR * QR; /* rows computed: padding rows are zero weights */
-        for (int i = 0; i < nq; i++) {
-            uint8_t *dst = wp + (size_t)i * (size_t)cols;
-            if (i < nr) {
-                panel_unpack_row(w->packed + (size_t)(r + i) * row_bytes, w->bits, cols, dst);
-                panel_row_floats(w->scales, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, sp + i, PR);
-                panel_row_floats(w->biases, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, bp + i, PR);
-            } else {
-                memset(dst, 0, (size_t)cols);
-                for (int g = 0; g < groups; g++)
-                    sp[(size_t)g * PR + (size_t)i] = bp[(size_t)g * PR + (size_t)i] = 0.0f;
-            }
-        }
+        panel_load(w, r, nr, nq, PR, wp, sp, bp);
         for (int tb = 0; tb < ntb; tb += 2) {
             const int nb = ntb - tb < 2 ? 1 : 2;
             memset(acc, 0, (size_t)PR * 2 * 16 * sizeof(float));
@@ -250,7 +248,8 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
     }
 }
 
-void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
+void panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
+               panel_kernel_fn kernel)
 {
     panel_prep ap;
     size_t bytes = panel_bytes(&ap, w, n_tok);
@@ -261,5 +260,10 @@ void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, i
     }
     panel_assign(&ap, mem);
     panel_fill(&ap, w, x, n_tok, 0, n_tok);
-    qmatmul_vnni_panel_prepared(w, &ap, n_tok, y, ldy, r0, r1);
+    kernel(w, &ap, n_tok, y, ldy, r0, r1);
+}
+
+void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
+{
+    panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_vnni_panel_prepared);
 }

@@ -53,6 +53,20 @@ static inline void quant32x2(const float *x, __m256 inv, __m256i *hi, __m256i *l
     *lo = pack32(l[0], l[1], l[2], l[3]);
 }
 
+/* max |x| and the sum of one group of G floats (G a multiple of 8) */
+static inline float group_absmax_sum(const float *xg, int G, float *sum)
+{
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 vmax = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
+    for (int j = 0; j < G; j += 8) {
+        __m256 v = _mm256_loadu_ps(xg + j);
+        vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
+        vsum = _mm256_add_ps(vsum, v);
+    }
+    *sum = hsum8(vsum);
+    return hmax8(vmax);
+}
+
 /* Sizes of the layout for chunks of cb weight bytes (no memory yet). */
 static inline void qx_layout(qx_prep *p, const qweight *w, int cb)
 {
@@ -75,7 +89,6 @@ static inline void qx_fill(const qx_prep *p, const qweight *w, const float *x, i
 {
     const int bits = w->bits, G = w->group_size, cols = w->cols, cb = p->cb;
     const int epl = p->epc / p->lanes; /* elements per lane: 8 (4-bit) or 4 (8-bit) */
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i even_odd = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                               0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     for (int t = t0; t < t1; t++) {
@@ -90,14 +103,7 @@ static inline void qx_fill(const qx_prep *p, const qweight *w, const float *x, i
             dxl[l] = 0.0f;
         for (int g = 0; g < p->groups; g++) {
             const float *xg = xt + (size_t)g * (size_t)G;
-            __m256 vmax = _mm256_setzero_ps(), vsum = _mm256_setzero_ps();
-            for (int j = 0; j < G; j += 8) {
-                __m256 v = _mm256_loadu_ps(xg + j);
-                vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, absmask));
-                vsum = _mm256_add_ps(vsum, v);
-            }
-            const float amax = hmax8(vmax);
-            xs[g] = hsum8(vsum);
+            const float amax = group_absmax_sum(xg, G, &xs[g]);
             const float d = amax / 127.0f / 256.0f; /* the kernels combine 256 * hi + lo */
             /* amax may be NaN or inf for broken inputs; the result is garbage then, not a crash */
             const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
