@@ -11,9 +11,6 @@
 
 #define CB 64
 #define NR 4
-/* how far ahead (in rows) the scales and biases are prefetched: two tiles, so they arrive in time
- * yet are still in L1 (further ahead, the streaming weights evict them first) */
-#define SCALE_PF_ROWS (2 * NR)
 
 typedef struct tile_ctx {
     const qx_prep *p;
@@ -224,7 +221,7 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
         const int tb1 = tb0 + tb < n_tok ? tb0 + tb : n_tok;
         for (int r = r0; r < r1; r += NR) {
             const int nr = r1 - r < NR ? r1 - r : NR;
-            prefetch_tile_scales(w, r, r0, r1, NR, SCALE_PF_ROWS);
+            prefetch_tile_scales(w, r, r0, r1, NR, SCALE_PREFETCH_ROWS);
             for (int i = 0; i < NR; i++) {
                 const int row = r + (i < nr ? i : nr - 1);
                 float *rs = rowf + (size_t)(2 * i) * (size_t)p.gstride;

@@ -58,6 +58,10 @@ static inline void prefetch_row_scales(const qweight *w, int row, int n)
     }
 }
 
+/* How far ahead (in rows) the tile kernels prefetch scales and biases: far enough to arrive in time,
+ * near enough to be still in L1 when used (from further ahead the streaming weights evict them). */
+#define SCALE_PREFETCH_ROWS 8
+
 /* Called by a kernel before the tile of rows [r, r + tile) of its range [r0, r1): asks for the
  * scales and biases `ahead` rows further on (and, at the start, for the first `ahead` rows). */
 static inline void prefetch_tile_scales(const qweight *w, int r, int r0, int r1, int tile, int ahead)
