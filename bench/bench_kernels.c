@@ -258,8 +258,8 @@ int main(int argc, char **argv)
     if (threads < 1)
         threads = 1;
     if (n_isa == 0) {
-        static const char *const all[] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
-        for (int i = 0; i < 5; i++)
+        static const char *const all[] = {"scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "amx"};
+        for (int i = 0; i < 6; i++)
             isas[n_isa++] = all[i];
     }
     printf("threads %d, best kernel on this CPU: %s\n", threads, kernels_isa());

@@ -17,36 +17,23 @@
 
 typedef void (*qmatmul_fn)(const qweight *, const float *, int, float *, int, int, int);
 
-/* Batches at least this large go to a panel kernel (AMX, else AVX-512 VNNI). */
+/* Batches at least this large go to a panel kernel (AMX, AVX-512 VNNI or AVX-VNNI). */
 #include <stdint.h>
 #define PANEL_MIN_TOKENS 16
 
-static void qmatmul_amx_or_vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy,
-                                int r0, int r1)
-{
-    if (n_tok >= PANEL_MIN_TOKENS && r1 > r0)
-        qmatmul_amx(w, x, n_tok, y, ldy, r0, r1);
-    else
-        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
-}
-
-static void qmatmul_vnni_any(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0,
-                             int r1)
-{
-    if (n_tok >= PANEL_MIN_TOKENS && r1 > r0)
-        qmatmul_vnni_panel(w, x, n_tok, y, ldy, r0, r1);
-    else
-        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
-}
-
-enum { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512VNNI, ISA_AMX, ISA_COUNT };
-static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
-static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx512,
-                                              qmatmul_vnni_any, qmatmul_amx_or_vnni};
+/* In order of preference; "avx2vnni" is AVX2 with AVX-VNNI for prefill (CPUs without AVX-512). */
+enum { ISA_SCALAR, ISA_AVX2, ISA_AVX2VNNI, ISA_AVX512, ISA_AVX512VNNI, ISA_AMX, ISA_COUNT };
+static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "amx"};
+/* the kernel for up to PANEL_MIN_TOKENS - 1 tokens (decode), and for more where there is no panel kernel */
+static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx2, qmatmul_avx512,
+                                              qmatmul_avx512vnni, qmatmul_avx512vnni};
+static const qmatmul_fn isa_panel_fns[ISA_COUNT] = {NULL, NULL, qmatmul_avxvnni_panel, NULL, qmatmul_vnni_panel,
+                                                    qmatmul_amx};
 
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
-static int isa_best;    /* best supported by this CPU */
-static int isa_current; /* in use */
+static bool isa_ok[ISA_COUNT]; /* supported by this CPU and OS */
+static int isa_best;           /* best supported */
+static int isa_current;        /* in use */
 
 #if defined(__x86_64__) || defined(__i386__)
 /* clang 14 rejects __builtin_cpu_supports("f16c"), ("amx-tile") and ("amx-int8"): read those CPUID bits
@@ -61,6 +48,20 @@ static bool cpuid_bit(unsigned leaf, bool edx, unsigned bit)
 }
 #endif
 
+/* AVX-VNNI: CPUID leaf 7 subleaf 1, EAX bit 4 */
+static bool cpu_has_avxvnni(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d))
+        return false;
+    return (a >> 4) & 1u;
+#else
+    return false;
+#endif
+}
+
+/* The best of the linear levels scalar < avx2 < avx512 < avx512vnni < amx (avx2vnni aside). */
 static int cpu_level(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -89,7 +90,11 @@ static int cpu_level(void)
 
 static void isa_init(void)
 {
-    isa_best = cpu_level();
+    const int level = cpu_level();
+    for (int i = 0; i < ISA_COUNT; i++)
+        isa_ok[i] = i == ISA_AVX2VNNI ? level >= ISA_AVX2 && cpu_has_avxvnni() : level >= i;
+    /* with AVX-512 VNNI the 512-bit kernels are preferred to AVX-VNNI */
+    isa_best = level >= ISA_AVX512 ? level : isa_ok[ISA_AVX2VNNI] ? ISA_AVX2VNNI : level;
     isa_current = isa_best;
     const char *cap = getenv("PUNIE_ISA");
     if (cap && *cap) {
@@ -98,6 +103,8 @@ static void isa_init(void)
             lim = ISA_SCALAR;
         else if (strcmp(cap, "avx2") == 0)
             lim = ISA_AVX2;
+        else if (strcmp(cap, "avx2vnni") == 0)
+            lim = ISA_AVX2VNNI;
         else if (strcmp(cap, "avx512") == 0)
             lim = ISA_AVX512VNNI; /* AVX-512, with VNNI where present */
         else if (strcmp(cap, "amx") == 0)
@@ -106,6 +113,8 @@ static void isa_init(void)
             lim = ISA_AVX512;
         if (isa_current > lim)
             isa_current = lim;
+        while (!isa_ok[isa_current]) /* e.g. avx2vnni asked on a CPU with AVX-512 but no AVX-VNNI */
+            isa_current--;
     }
 }
 
@@ -126,7 +135,11 @@ void qmatmul(const qweight *w, const float *x, int n_tok, float *y, int ldy, int
         fn = qmatmul_scalar;
     for (int t0 = 0; t0 < n_tok; t0 += MAX_TOKENS_PER_CALL) {
         const int n = n_tok - t0 < MAX_TOKENS_PER_CALL ? n_tok - t0 : MAX_TOKENS_PER_CALL;
-        fn(w, x + (size_t)t0 * (size_t)w->cols, n, y + (size_t)t0 * (size_t)ldy, ldy, r0, r1);
+        const qmatmul_fn f = n >= PANEL_MIN_TOKENS && fn != qmatmul_scalar && isa_panel_fns[isa_current]
+                                 ? isa_panel_fns[isa_current]
+                                 : fn;
+        if (r1 > r0)
+            f(w, x + (size_t)t0 * (size_t)w->cols, n, y + (size_t)t0 * (size_t)ldy, ldy, r0, r1);
     }
 }
 
@@ -140,7 +153,7 @@ int kernels_select_isa(const char *name)
 {
     pthread_once(&isa_once, isa_init);
     for (int i = 0; i < ISA_COUNT; i++)
-        if (strcmp(name, isa_names[i]) == 0 && i <= isa_best) {
+        if (strcmp(name, isa_names[i]) == 0 && isa_ok[i]) {
             isa_current = i;
             return 0;
         }
@@ -220,8 +233,14 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
     int kind;
     switch (isa_current) {
     case ISA_AVX2:
-        kind = QACT_AVX2;
-        bytes = qx_avx2_bytes(&a->qx, w, a->n_tok);
+    case ISA_AVX2VNNI:
+        if (isa_current == ISA_AVX2VNNI && a->n_tok >= PANEL_MIN_TOKENS) {
+            kind = QACT_PANEL;
+            bytes = panel_bytes(&a->panel, w, a->n_tok);
+        } else {
+            kind = QACT_AVX2;
+            bytes = qx_avx2_bytes(&a->qx, w, a->n_tok);
+        }
         break;
     case ISA_AVX512:
         kind = QACT_AVX512;
@@ -248,7 +267,9 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
         a->mem = p;
         a->cap = bytes;
     }
-    a->panel_amx = isa_current == ISA_AMX;
+    a->panel_kind = isa_current == ISA_AMX        ? PANEL_AMX
+                    : isa_current == ISA_AVX2VNNI ? PANEL_AVXVNNI
+                                                  : PANEL_AVX512VNNI;
     if (kind == QACT_PANEL) {
         panel_assign(&a->panel, a->mem);
     } else {
@@ -290,8 +311,10 @@ void qmatmul_prepared(const qweight *w, const qact *a, float *y, int ldy, int r0
     }
     switch (a->kind) {
     case QACT_PANEL:
-        if (a->panel_amx)
+        if (a->panel_kind == PANEL_AMX)
             qmatmul_amx_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
+        else if (a->panel_kind == PANEL_AVXVNNI)
+            qmatmul_avxvnni_panel_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
         else
             qmatmul_vnni_panel_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
         break;

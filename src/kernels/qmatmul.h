@@ -34,8 +34,9 @@ float bf16_to_f32(uint16_t b);
 float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unaligned-safe */
 
 /* The instruction set the dispatcher picked: "amx" (AVX-512 VNNI, AMX tiles for batches of 16+
- * tokens), "avx512vnni" (batches of 16+ tokens on a VNNI panel kernel), "avx512", "avx2" or "scalar".
- * PUNIE_ISA=scalar|avx2|avx512|amx in the environment caps the choice (tests, benchmarks). */
+ * tokens), "avx512vnni" (batches of 16+ tokens on a VNNI panel kernel), "avx512", "avx2vnni" (AVX2,
+ * batches of 16+ tokens on an AVX-VNNI panel kernel), "avx2" or "scalar".
+ * PUNIE_ISA=scalar|avx2|avx2vnni|avx512|amx in the environment caps the choice (tests, benchmarks). */
 const char *kernels_isa(void);
 
 /* Activations prepared once and shared read-only by every thread of a pool, so that the int8
@@ -56,8 +57,8 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok);
 void qact_fill(qact *a, int part, int nparts);
 void qmatmul_prepared(const qweight *w, const qact *a, float *y, int ldy, int r0, int r1);
 
-/* Forces one implementation ("scalar", "avx2", "avx512" without VNNI, "avx512vnni", "amx") if this CPU has
- * it; returns 0, or -1 when unsupported. For tests and benchmarks; not thread-safe against running
+/* Forces one implementation ("scalar", "avx2", "avx2vnni", "avx512" without VNNI, "avx512vnni", "amx")
+ * if this CPU has it; returns 0, or -1 when unsupported. For tests and benchmarks; not thread-safe against running
  * kernels. The SIMD paths quantize activations per group to int8 (logits within ~1e-2 of fp32). */
 int kernels_select_isa(const char *name);
 

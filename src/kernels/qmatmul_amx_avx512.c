@@ -31,7 +31,8 @@ typedef struct tile_config {
 
 void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
-    panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_amx_prepared);
+    if (panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_amx_prepared) != 0)
+        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
 }
 
 void qmatmul_amx_prepared(const qweight *w, const panel_prep *ap, int n_tok, float *y, int ldy, int r0,

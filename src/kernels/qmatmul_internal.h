@@ -89,11 +89,12 @@ struct qact {
     qweight w;            /* a copy of the shape fields (pointers unused) */
     qx_prep qx;
     panel_prep panel;
-    int panel_amx;        /* QACT_PANEL: AMX tiles, else the VNNI panel kernel */
+    int panel_kind;       /* QACT_PANEL: PANEL_* */
     void *mem;
     size_t cap;
 };
 enum { QACT_SCALAR, QACT_AVX2, QACT_AVX512, QACT_AVX512VNNI, QACT_PANEL };
+enum { PANEL_AVX512VNNI, PANEL_AMX, PANEL_AVXVNNI };
 
 /* Per-thread growable buffer; slot 0..KSCRATCH_SLOTS-1. Returns NULL when memory is exhausted. */
 #define KSCRATCH_SLOTS 8
@@ -128,13 +129,17 @@ void panel_row_floats(const uint8_t *src, enum float_dtype dt, size_t i0, int n,
 void panel_load(const qweight *w, int r, int nr, int n, int stride, uint8_t *wp, float *sp, float *bp);
 void qmatmul_amx_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy, int r0,
                           int r1);
-/* Lays out x in scratch memory and runs a panel kernel on it (the VNNI tile kernel if memory is short). */
+/* Lays out x in scratch memory and runs a panel kernel on it; -1 (nothing done) if memory is short. */
 typedef void (*panel_kernel_fn)(const qweight *, const panel_prep *, int, float *, int, int, int);
-void panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
-               panel_kernel_fn kernel);
+int panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
+              panel_kernel_fn kernel);
 /* The same layout on AVX-512 VNNI alone: meant for n_tok >= 16 (prefill). */
 void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy,
                                  int r0, int r1);
+/* And on AVX-VNNI (256-bit, no AVX-512). */
+void qmatmul_avxvnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
+void qmatmul_avxvnni_panel_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy,
+                                    int r0, int r1);
 
 #endif

@@ -1,5 +1,5 @@
-/* Panel kernels for batches of 16 tokens or more (prefill): the activation layout they share, and
- * the AVX-512 VNNI panel kernel (the AMX one is in qmatmul_amx_avx512.c).
+/* The AVX-512 VNNI panel kernel, for batches of 16 tokens or more (prefill). The activation layout
+ * it shares with the AMX and AVX-VNNI panel kernels is in qmatmul_panel_avx2.c.
  *
  * Same arithmetic as the tile kernels: activations quantized per group to two int8 levels, weights as
  * unsigned bytes, exact int32 dot products per group, then y += s * dx * dot + b * sum(x) in float.
@@ -10,129 +10,6 @@
 #include "kernels/qmatmul_quant.h"
 
 #include <immintrin.h>
-
-/* Scalar conversions: runs once per row panel. */
-void panel_row_floats(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
-                       int stride)
-{
-    if (dt == DT_F16) {
-        int i = 0;
-        for (; i + 8 <= n; i += 8) {
-            float tmp[8];
-            _mm256_storeu_ps(tmp, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + (i0 + (size_t)i) * 2))));
-            for (int k = 0; k < 8; k++)
-                dst[(size_t)(i + k) * (size_t)stride] = tmp[k];
-        }
-        for (; i < n; i++)
-            dst[(size_t)i * (size_t)stride] = load_float(src, dt, i0 + (size_t)i);
-    } else {
-        for (int i = 0; i < n; i++)
-            dst[(size_t)i * (size_t)stride] = load_float(src, dt, i0 + (size_t)i);
-    }
-}
-
-void panel_unpack_row(const uint8_t *src, int bits, int cols, uint8_t *dst)
-{
-    if (bits == 8) {
-        memcpy(dst, src, (size_t)cols);
-        return;
-    }
-    const __m512i lo = _mm512_set1_epi16(0x000f), hi = _mm512_set1_epi16(0x0f00);
-    const int bytes = cols / 2;
-    for (int i = 0; i < bytes; i += 32) {
-        const int n = bytes - i < 32 ? bytes - i : 32;
-        const __mmask32 m = n == 32 ? ~(__mmask32)0 : (((__mmask32)1 << n) - 1);
-        __m512i v = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, src + i));
-        /* byte 2i = low nibble (element 2i), byte 2i+1 = high nibble */
-        __m512i e = _mm512_or_si512(_mm512_and_si512(v, lo), _mm512_and_si512(_mm512_slli_epi16(v, 4), hi));
-        const __mmask64 m2 = n == 32 ? ~(__mmask64)0 : (((__mmask64)1 << (2 * n)) - 1);
-        _mm512_mask_storeu_epi8(dst + 2 * i, m2, e);
-    }
-}
-
-void panel_load(const qweight *w, int r, int nr, int n, int stride, uint8_t *wp, float *sp, float *bp)
-{
-    const int cols = w->cols, groups = cols / w->group_size;
-    const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
-    for (int i = 0; i < n; i++) {
-        uint8_t *dst = wp + (size_t)i * (size_t)cols;
-        if (i < nr) {
-            panel_unpack_row(w->packed + (size_t)(r + i) * row_bytes, w->bits, cols, dst);
-            panel_row_floats(w->scales, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, sp + i, stride);
-            panel_row_floats(w->biases, w->sdtype, (size_t)(r + i) * (size_t)groups, groups, bp + i, stride);
-        } else {
-            memset(dst, 0, (size_t)cols);
-            for (int g = 0; g < groups; g++)
-                sp[(size_t)g * (size_t)stride + (size_t)i] = bp[(size_t)g * (size_t)stride + (size_t)i] = 0.0f;
-        }
-    }
-}
-
-size_t panel_bytes(panel_prep *a, const qweight *w, int n_tok)
-{
-    const int cols = w->cols, G = w->group_size;
-    a->K = G < 64 ? G : 64;
-    a->ksteps = cols / a->K;
-    a->kpg = G / a->K;
-    a->groups = cols / G;
-    a->ntb = (n_tok + 15) / 16;
-    return qx_align64(2 * (size_t)a->ntb * 16 * (size_t)cols) +
-           2 * qx_align64((size_t)a->ntb * (size_t)a->groups * 16 * sizeof(float));
-}
-
-void panel_assign(panel_prep *a, void *mem)
-{
-    /* the sizes below repeat panel_bytes; ksteps * K == cols */
-    const size_t cols = (size_t)a->ksteps * (size_t)a->K;
-    a->xb = mem;
-    a->dxv = (float *)((uint8_t *)mem + qx_align64(2 * (size_t)a->ntb * 16 * cols));
-    a->xsv = a->dxv + qx_align64((size_t)a->ntb * (size_t)a->groups * 16 * sizeof(float)) / sizeof(float);
-}
-
-/* Quantizes tokens [t0, t1) (t0 a multiple of 16) into the tile layout. The B tile of (token block
- * tb, k-step s) has K/4 rows of 64 bytes; row kk holds, for each of the 16 tokens, the 4 activation
- * bytes k = s*K + 4kk .. +3. Tokens from n_tok up to the block's end are zero. */
-void panel_fill(const panel_prep *ap, const qweight *w, const float *x, int n_tok, int t0, int t1)
-{
-    const int cols = w->cols, G = w->group_size, groups = ap->groups, K = ap->K;
-    int8_t *xb = ap->xb;
-    float *dxv = ap->dxv, *xsv = ap->xsv;
-    const size_t level2 = (size_t)ap->ntb * 16 * (size_t)cols; /* second int8 level after the first */
-    const __m256i dword_rows = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112); /* in dwords */
-    /* Token blocks outside, groups inside: the 16 tokens of a group fill 16*G contiguous bytes of
-     * tiles, which stay in L1 while they are written. */
-    for (int tb = t0 / 16; tb * 16 < t1; tb++) {
-        const int tend = t1 < n_tok ? t1 : n_tok;
-        const int tn = tend - tb * 16 < 16 ? tend - tb * 16 : 16;
-        if (tn < 16) { /* the block with padding tokens: clear it whole, both levels */
-            memset(xb + (size_t)tb * 16 * (size_t)cols, 0, (size_t)16 * (size_t)cols);
-            memset(xb + level2 + (size_t)tb * 16 * (size_t)cols, 0, (size_t)16 * (size_t)cols);
-        }
-        for (int g = 0; g < groups; g++) {
-            float *dxg = dxv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
-            float *xsg = xsv + ((size_t)tb * (size_t)groups + (size_t)g) * 16;
-            for (int n = tn < 0 ? 0 : tn; n < 16; n++)
-                dxg[n] = xsg[n] = 0.0f;
-            for (int n = 0; n < tn; n++) {
-                const float *xg = x + (size_t)(tb * 16 + n) * (size_t)cols + (size_t)g * (size_t)G;
-                const float amax = group_absmax_sum(xg, G, &xsg[n]);
-                dxg[n] = amax / 127.0f / 256.0f; /* the kernel combines 256 * level 1 + level 2 */
-                const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-                int8_t *xbt = xb + (size_t)tb * 16 * (size_t)cols + (size_t)n * 4;
-                for (int j = 0; j < G; j += 32) {
-                    /* elements k..k+31 are 8 dwords for 8 consecutive tile rows (64 bytes apart);
-                     * K is a multiple of 32, so they never straddle a k-step */
-                    const int k = g * G + j;
-                    int8_t *dst = xbt + (size_t)(k / K) * (size_t)K * 16 + (size_t)((k % K) / 4) * 64;
-                    __m256i q1, q2;
-                    quant32x2(xg + j, inv, &q1, &q2);
-                    _mm256_i32scatter_epi32((void *)dst, dword_rows, q1, 4);
-                    _mm256_i32scatter_epi32((void *)(dst + level2), dword_rows, q2, 4);
-                }
-            }
-        }
-    }
-}
 
 /* ---- AVX-512 VNNI panel kernel ---- */
 
@@ -248,22 +125,8 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
     }
 }
 
-void panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
-               panel_kernel_fn kernel)
-{
-    panel_prep ap;
-    size_t bytes = panel_bytes(&ap, w, n_tok);
-    void *mem = kernels_scratch(1, bytes);
-    if (!mem) {
-        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
-        return;
-    }
-    panel_assign(&ap, mem);
-    panel_fill(&ap, w, x, n_tok, 0, n_tok);
-    kernel(w, &ap, n_tok, y, ldy, r0, r1);
-}
-
 void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
-    panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_vnni_panel_prepared);
+    if (panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_vnni_panel_prepared) != 0)
+        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
 }

@@ -175,10 +175,11 @@ static void check_case(const char *isa, const test_weight *tw, const float *x, i
 
 static void test_matmul(void)
 {
-    static const char *const isas[] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
+    static const char *const isas[] = {"scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "amx"};
     static const int group_sizes[] = {32, 64, 128};
     static const enum float_dtype dts[] = {DT_F16, DT_BF16, DT_F32};
-    int ran[5] = {0};
+    enum { N_ISA = sizeof isas / sizeof isas[0] };
+    int ran[N_ISA] = {0};
     for (int bi = 0; bi < 2; bi++)
         for (int gi = 0; gi < 3; gi++)
             for (int di = 0; di < 3; di++)
@@ -202,7 +203,7 @@ static void test_matmul(void)
                     make_weight(&tw, rows, cols, bits, G, dts[di]);
                     float *x = malloc(sizeof(float) * (size_t)n_tok * cols);
                     make_x(x, n_tok, cols, G);
-                    for (int k = 0; k < 5; k++) {
+                    for (int k = 0; k < N_ISA; k++) {
                         if (kernels_select_isa(isas[k]) != 0)
                             continue;
                         ran[k]++;
@@ -218,7 +219,7 @@ static void test_matmul(void)
         make_weight(&tw, rows, cols, bits, 64, DT_F16);
         float *x = malloc(sizeof(float) * (size_t)n_tok * cols);
         make_x(x, n_tok, cols, 64);
-        for (int k = 0; k < 5; k++)
+        for (int k = 0; k < N_ISA; k++)
             if (kernels_select_isa(isas[k]) == 0)
                 check_case(isas[k], &tw, x, n_tok, 1, rows, rows);
         free(x);
@@ -231,13 +232,13 @@ static void test_matmul(void)
         make_weight(&tw, rows, cols, 4, 32, DT_BF16);
         float *x = malloc(sizeof(float) * (size_t)n_tok * cols);
         make_x(x, n_tok, cols, 32);
-        for (int k = 0; k < 5; k++)
+        for (int k = 0; k < N_ISA; k++)
             if (kernels_select_isa(isas[k]) == 0)
                 check_case(isas[k], &tw, x, n_tok, 2, rows, rows + 1);
         free(x);
         free_weight(&tw);
     }
-    for (int k = 0; k < 5; k++)
+    for (int k = 0; k < N_ISA; k++)
         printf("%-10s %s (%d cases)\n", isas[k], ran[k] ? "checked" : "not supported here", ran[k]);
     CHECK(ran[0] > 0, "scalar path must always exist");
 }
@@ -266,7 +267,8 @@ static void *rows_job(void *arg)
 
 static void test_prepared(void)
 {
-    static const char *const isas[] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
+    static const char *const isas[] = {"scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "amx"};
+    enum { N_ISA = sizeof isas / sizeof isas[0] };
     qact *a = qact_new();
     CHECK(a != NULL, "qact_new");
     for (int rep = 0; rep < 24; rep++) {
@@ -281,7 +283,7 @@ static void test_prepared(void)
         int ldy = rows + 3;
         float *want = malloc(sizeof(float) * (size_t)n_tok * ldy);
         float *got = malloc(sizeof(float) * (size_t)n_tok * ldy);
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < N_ISA; k++) {
             if (kernels_select_isa(isas[k]) != 0)
                 continue;
             CHECK(qact_reserve(a, &tw.w, x, n_tok) == 0, "qact_reserve");
