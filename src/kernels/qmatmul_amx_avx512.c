@@ -4,7 +4,7 @@
  * bytes, exact int32 dot products per group, then y += s * dx * dot + b * sum(x) in float.
  * A panel of 32 weight rows is unpacked to bytes (row-major, the A operand) once and reused for all
  * tokens; the activations are laid out once per call as B operands (16 tokens x 4 bytes per tile row,
- * qmatmul_panel_avx512.c).
+ * qmatmul_panel_avx2.c).
  * Per group, 2x2 tiles give a 32-row x 32-token block of int32 results that is scaled into float
  * accumulators. */
 #ifndef __clang__
