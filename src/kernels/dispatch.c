@@ -1,7 +1,8 @@
 /* Run-time choice of the kernel implementation: the best instruction set the CPU and the OS support,
- * capped by PUNIE_ISA=scalar|avx2|avx512|amx (for tests and benchmarks). "avx512vnni" and "amx" both
- * hand batches of 16 tokens or more (prefill) to a panel kernel: AVX-512 VNNI, or AMX tiles. Also the per-thread scratch
- * memory the SIMD kernels use for quantized activations. */
+ * capped by PUNIE_ISA=scalar|avx2|avx2vnni|avx512|amx (for tests and benchmarks). "avx2vnni",
+ * "avx512vnni" and "amx" hand batches of 16 tokens or more (prefill) to a panel kernel: AVX-VNNI,
+ * AVX-512 VNNI or AMX tiles. Also the per-thread scratch memory the SIMD kernels use for quantized
+ * activations. */
 #include "kernels/qmatmul.h"
 #include "kernels/qmatmul_internal.h"
 
@@ -27,8 +28,9 @@ static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx2vnni", "
 /* the kernel for up to PANEL_MIN_TOKENS - 1 tokens (decode), and for more where there is no panel kernel */
 static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx2, qmatmul_avx512,
                                               qmatmul_avx512vnni, qmatmul_avx512vnni};
-static const qmatmul_fn isa_panel_fns[ISA_COUNT] = {NULL, NULL, qmatmul_avxvnni_panel, NULL, qmatmul_vnni_panel,
-                                                    qmatmul_amx};
+/* the panel kernel for batches of PANEL_MIN_TOKENS or more, on activations laid out for it */
+static const panel_kernel_fn isa_panel_fns[ISA_COUNT] = {NULL, NULL, qmatmul_avxvnni_panel_prepared, NULL,
+                                                         qmatmul_vnni_panel_prepared, qmatmul_amx_prepared};
 
 static pthread_once_t isa_once = PTHREAD_ONCE_INIT;
 static bool isa_ok[ISA_COUNT]; /* supported by this CPU and OS */
@@ -135,11 +137,14 @@ void qmatmul(const qweight *w, const float *x, int n_tok, float *y, int ldy, int
         fn = qmatmul_scalar;
     for (int t0 = 0; t0 < n_tok; t0 += MAX_TOKENS_PER_CALL) {
         const int n = n_tok - t0 < MAX_TOKENS_PER_CALL ? n_tok - t0 : MAX_TOKENS_PER_CALL;
-        const qmatmul_fn f = n >= PANEL_MIN_TOKENS && fn != qmatmul_scalar && isa_panel_fns[isa_current]
-                                 ? isa_panel_fns[isa_current]
-                                 : fn;
-        if (r1 > r0)
-            f(w, x + (size_t)t0 * (size_t)w->cols, n, y + (size_t)t0 * (size_t)ldy, ldy, r0, r1);
+        const float *xt = x + (size_t)t0 * (size_t)w->cols;
+        float *yt = y + (size_t)t0 * (size_t)ldy;
+        const panel_kernel_fn panel = fn != qmatmul_scalar ? isa_panel_fns[isa_current] : NULL;
+        if (r1 <= r0)
+            continue;
+        /* a panel kernel where there is one (the tile kernel if its scratch cannot be had) */
+        if (!(panel && n >= PANEL_MIN_TOKENS && panel_run(w, xt, n, yt, ldy, r0, r1, panel) == 0))
+            fn(w, xt, n, yt, ldy, r0, r1);
     }
 }
 
@@ -231,33 +236,29 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
         return 0;
     size_t bytes;
     int kind;
-    switch (isa_current) {
-    case ISA_AVX2:
-    case ISA_AVX2VNNI:
-        if (isa_current == ISA_AVX2VNNI && a->n_tok >= PANEL_MIN_TOKENS) {
-            kind = QACT_PANEL;
-            bytes = panel_bytes(&a->panel, w, a->n_tok);
-        } else {
+    a->panel_kernel = isa_panel_fns[isa_current];
+    if (a->panel_kernel && a->n_tok >= PANEL_MIN_TOKENS) {
+        kind = QACT_PANEL;
+        bytes = panel_bytes(&a->panel, w, a->n_tok);
+    } else {
+        switch (isa_current) {
+        case ISA_AVX2:
+        case ISA_AVX2VNNI:
             kind = QACT_AVX2;
             bytes = qx_avx2_bytes(&a->qx, w, a->n_tok);
-        }
-        break;
-    case ISA_AVX512:
-        kind = QACT_AVX512;
-        bytes = qx_avx512_bytes(&a->qx, w, a->n_tok);
-        break;
-    case ISA_AVX512VNNI:
-    case ISA_AMX:
-        if (a->n_tok >= PANEL_MIN_TOKENS) {
-            kind = QACT_PANEL;
-            bytes = panel_bytes(&a->panel, w, a->n_tok);
-        } else {
+            break;
+        case ISA_AVX512:
+            kind = QACT_AVX512;
+            bytes = qx_avx512_bytes(&a->qx, w, a->n_tok);
+            break;
+        case ISA_AVX512VNNI:
+        case ISA_AMX:
             kind = QACT_AVX512VNNI;
             bytes = qx_avx512_bytes(&a->qx, w, a->n_tok);
+            break;
+        default:
+            return 0;
         }
-        break;
-    default:
-        return 0;
     }
     if (a->cap < bytes) {
         void *p = NULL;
@@ -267,9 +268,6 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
         a->mem = p;
         a->cap = bytes;
     }
-    a->panel_kind = isa_current == ISA_AMX        ? PANEL_AMX
-                    : isa_current == ISA_AVX2VNNI ? PANEL_AVXVNNI
-                                                  : PANEL_AVX512VNNI;
     if (kind == QACT_PANEL) {
         panel_assign(&a->panel, a->mem);
     } else {
@@ -311,12 +309,7 @@ void qmatmul_prepared(const qweight *w, const qact *a, float *y, int ldy, int r0
     }
     switch (a->kind) {
     case QACT_PANEL:
-        if (a->panel_kind == PANEL_AMX)
-            qmatmul_amx_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
-        else if (a->panel_kind == PANEL_AVXVNNI)
-            qmatmul_avxvnni_panel_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
-        else
-            qmatmul_vnni_panel_prepared(w, &a->panel, a->n_tok, y, ldy, r0, r1);
+        a->panel_kernel(w, &a->panel, a->n_tok, y, ldy, r0, r1);
         break;
     case QACT_AVX2:
         qmatmul_avx2_prepared(w, &a->qx, a->n_tok, y, ldy, r0, r1);

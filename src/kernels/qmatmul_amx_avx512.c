@@ -29,11 +29,6 @@ typedef struct tile_config {
     uint8_t rows[16];
 } tile_config;
 
-void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
-{
-    if (panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_amx_prepared) != 0)
-        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
-}
 
 void qmatmul_amx_prepared(const qweight *w, const panel_prep *ap, int n_tok, float *y, int ldy, int r0,
                           int r1)

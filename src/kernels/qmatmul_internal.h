@@ -33,14 +33,18 @@ typedef struct qx_prep {
     float *xs;
 } qx_prep;
 
-/* Activations laid out for the panel kernels (AMX tiles, or AVX-512 VNNI with one weight row per
- * lane): per block of 16 tokens and k-step of K bytes, K/4 rows of 64 bytes, each holding the 16
+/* Activations laid out for the panel kernels (AMX tiles, or AVX-512 VNNI / AVX-VNNI with one token
+ * per lane): per block of 16 tokens and k-step of K bytes, K/4 rows of 64 bytes, each holding the 16
  * tokens' 4 activation bytes for one k; then per group the 16 tokens' dx and sums. */
 typedef struct panel_prep {
     int K, ksteps, kpg, groups, ntb;
     int8_t *xb;
     float *dxv, *xsv;
 } panel_prep;
+
+/* A panel kernel on activations in that layout: rows [r0, r1) of y for n_tok tokens. */
+typedef void (*panel_kernel_fn)(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy, int r0,
+                                int r1);
 
 static inline size_t qx_align64(size_t n) { return (n + 63) / 64 * 64; }
 
@@ -89,12 +93,11 @@ struct qact {
     qweight w;            /* a copy of the shape fields (pointers unused) */
     qx_prep qx;
     panel_prep panel;
-    int panel_kind;       /* QACT_PANEL: PANEL_* */
+    panel_kernel_fn panel_kernel; /* QACT_PANEL: the ISA's panel kernel when reserved */
     void *mem;
     size_t cap;
 };
 enum { QACT_SCALAR, QACT_AVX2, QACT_AVX512, QACT_AVX512VNNI, QACT_PANEL };
-enum { PANEL_AVX512VNNI, PANEL_AMX, PANEL_AVXVNNI };
 
 /* Per-thread growable buffer; slot 0..KSCRATCH_SLOTS-1. Returns NULL when memory is exhausted. */
 #define KSCRATCH_SLOTS 8
@@ -104,8 +107,6 @@ void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy
 void qmatmul_avx512(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_avx512vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0,
                         int r1);
-/* AMX tiles (needs the OS permission the dispatcher requests); meant for n_tok >= 16. */
-void qmatmul_amx(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 
 /* Split forms used by qact (activations prepared once, shared by threads). The *_bytes functions
  * set the layout and return the memory it needs; *_assign points it into mem (64-byte aligned). */
@@ -127,18 +128,15 @@ void panel_row_floats(const uint8_t *src, enum float_dtype dt, size_t i0, int n,
 /* Rows [r, r + nr) of w into a panel of n rows (the rest zero): bytes to wp (cols apart), scales and
  * biases to sp and bp transposed (group g of row i at g * stride + i). */
 void panel_load(const qweight *w, int r, int nr, int n, int stride, uint8_t *wp, float *sp, float *bp);
-void qmatmul_amx_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy, int r0,
-                          int r1);
 /* Lays out x in scratch memory and runs a panel kernel on it; -1 (nothing done) if memory is short. */
-typedef void (*panel_kernel_fn)(const qweight *, const panel_prep *, int, float *, int, int, int);
 int panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
               panel_kernel_fn kernel);
-/* The same layout on AVX-512 VNNI alone: meant for n_tok >= 16 (prefill). */
-void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
+/* The panel kernels (meant for n_tok >= 16, prefill): AMX tiles (needs the OS permission the
+ * dispatcher requests), AVX-512 VNNI, and AVX-VNNI (256-bit, no AVX-512). */
+void qmatmul_amx_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy, int r0,
+                          int r1);
 void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy,
                                  int r0, int r1);
-/* And on AVX-VNNI (256-bit, no AVX-512). */
-void qmatmul_avxvnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_avxvnni_panel_prepared(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy,
                                     int r0, int r1);
 

@@ -148,9 +148,3 @@ int panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, in
     kernel(w, &ap, n_tok, y, ldy, r0, r1);
     return 0;
 }
-
-void qmatmul_avxvnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
-{
-    if (panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_avxvnni_panel_prepared) != 0)
-        qmatmul_avx2(w, x, n_tok, y, ldy, r0, r1);
-}

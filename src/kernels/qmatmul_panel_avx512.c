@@ -124,9 +124,3 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
         }
     }
 }
-
-void qmatmul_vnni_panel(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
-{
-    if (panel_run(w, x, n_tok, y, ldy, r0, r1, qmatmul_vnni_panel_prepared) != 0)
-        qmatmul_avx512vnni(w, x, n_tok, y, ldy, r0, r1);
-}
