@@ -42,6 +42,15 @@ typedef struct panel_prep {
     float *dxv, *xsv;
 } panel_prep;
 
+/* The first 64-byte row of token block tb's tiles for group g (a group's tiles are contiguous), first
+ * level; the second level lies panel_level2(a, cols) bytes further. */
+static inline const int8_t *panel_group_rows(const panel_prep *a, int tb, int g)
+{
+    return a->xb + ((size_t)tb * (size_t)a->ksteps + (size_t)g * (size_t)a->kpg) * (size_t)a->K * 16;
+}
+
+static inline size_t panel_level2(const panel_prep *a, int cols) { return (size_t)a->ntb * 16 * (size_t)cols; }
+
 /* A panel kernel on activations in that layout: rows [r0, r1) of y for n_tok tokens. */
 typedef void (*panel_kernel_fn)(const qweight *w, const panel_prep *a, int n_tok, float *y, int ldy, int r0,
                                 int r1);
@@ -128,6 +137,15 @@ void panel_row_floats(const uint8_t *src, enum float_dtype dt, size_t i0, int n,
 /* Rows [r, r + nr) of w into a panel of n rows (the rest zero): bytes to wp (cols apart), scales and
  * biases to sp and bp transposed (group g of row i at g * stride + i). */
 void panel_load(const qweight *w, int r, int nr, int n, int stride, uint8_t *wp, float *sp, float *bp);
+/* Rows per panel of the VNNI panel kernels. Their per-thread scratch: the unpacked panel (wp), its scales
+ * and biases transposed (sp, bp; PANEL_ROWS floats per group) and acc_floats of float accumulators;
+ * -1 if memory is short. */
+#define PANEL_ROWS 32
+int panel_scratch(const qweight *w, const panel_prep *ap, size_t acc_floats, uint8_t **wp, float **sp,
+                  float **bp, float **acc);
+/* Writes the 16 tokens from t0 (those below n_tok) of rows [r, r + nr) to y; row i of token tt is
+ * acc[i * row_stride + tt]. */
+void panel_store(float *y, int ldy, int r, int nr, const float *acc, size_t row_stride, int t0, int n_tok);
 /* Lays out x in scratch memory and runs a panel kernel on it; -1 (nothing done) if memory is short. */
 int panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
               panel_kernel_fn kernel);

@@ -93,7 +93,7 @@ void panel_fill(const panel_prep *ap, const qweight *w, const float *x, int n_to
     const int cols = w->cols, G = w->group_size, groups = ap->groups, K = ap->K;
     int8_t *xb = ap->xb;
     float *dxv = ap->dxv, *xsv = ap->xsv;
-    const size_t level2 = (size_t)ap->ntb * 16 * (size_t)cols; /* second int8 level after the first */
+    const size_t level2 = panel_level2(ap, cols); /* second int8 level after the first */
     /* Token blocks outside, groups inside: the 16 tokens of a group fill 16*G contiguous bytes of
      * tiles, which stay in L1 while they are written. */
     for (int tb = t0 / 16; tb * 16 < t1; tb++) {
@@ -134,6 +134,29 @@ void panel_fill(const panel_prep *ap, const qweight *w, const float *x, int n_to
     }
 }
 
+
+int panel_scratch(const qweight *w, const panel_prep *ap, size_t acc_floats, uint8_t **wp, float **sp,
+                  float **bp, float **acc)
+{
+    const size_t groups = (size_t)ap->groups;
+    *wp = kernels_scratch(4, PANEL_ROWS * (size_t)w->cols);
+    *sp = kernels_scratch(5, groups * PANEL_ROWS * 2 * sizeof(float));
+    *acc = kernels_scratch(6, acc_floats * sizeof(float));
+    if (!*wp || !*sp || !*acc)
+        return -1;
+    *bp = *sp + groups * PANEL_ROWS;
+    return 0;
+}
+
+void panel_store(float *y, int ldy, int r, int nr, const float *acc, size_t row_stride, int t0, int n_tok)
+{
+    /* y is token-major: write each token's run of rows contiguously */
+    for (int tt = 0; tt < 16 && t0 + tt < n_tok; tt++) {
+        float *yt = y + (size_t)(t0 + tt) * (size_t)ldy + (size_t)r;
+        for (int i = 0; i < nr; i++)
+            yt[i] = acc[(size_t)i * row_stride + (size_t)tt];
+    }
+}
 
 int panel_run(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1,
               panel_kernel_fn kernel)

@@ -22,7 +22,7 @@
 #define DPBUSD(acc, a, b) ((acc) = _mm512_dpbusd_epi32((acc), (a), (b)))
 #endif
 
-#define PR 32 /* weight rows per panel: unpacked once, reused for every token block */
+#define PR PANEL_ROWS /* weight rows per panel: unpacked once, reused for every token block */
 #define QR 4  /* rows per register block */
 
 /* int32 dot products of QR rows x NB token blocks (16 tokens each) over one group, both levels,
@@ -75,16 +75,12 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
                                  int r0, int r1)
 {
     const int cols = w->cols, groups = ap->groups, G = w->group_size;
-    const int K = ap->K, ksteps = ap->ksteps, kpg = ap->kpg, ntb = ap->ntb;
-    const size_t level2 = (size_t)ntb * 16 * (size_t)cols;
-    if (r0 >= r1 || n_tok <= 0)
-        return;
-    uint8_t *wp = kernels_scratch(4, (size_t)PR * (size_t)cols);
-    float *sp = kernels_scratch(5, (size_t)groups * PR * 2 * sizeof(float));
-    float *acc = kernels_scratch(6, (size_t)PR * 2 * 16 * sizeof(float));
-    if (!wp || !sp || !acc)
+    const int ntb = ap->ntb;
+    const size_t level2 = panel_level2(ap, cols);
+    uint8_t *wp;
+    float *sp, *bp, *acc;
+    if (r0 >= r1 || n_tok <= 0 || panel_scratch(w, ap, (size_t)PR * 2 * 16, &wp, &sp, &bp, &acc) != 0)
         return; /* a few hundred KB at most; unreachable in practice */
-    float *bp = sp + (size_t)groups * PR;
 
     for (int r = r0; r < r1; r += PR) {
         const int nr = r1 - r < PR ? r1 - r : PR;
@@ -98,7 +94,7 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
                 __m512 dx[2], xs[2];
                 for (int j = 0; j < 2; j++) {
                     const int t = tb + (j < nb ? j : 0);
-                    b1[j] = ap->xb + ((size_t)t * (size_t)ksteps + (size_t)g * (size_t)kpg) * (size_t)K * 16;
+                    b1[j] = panel_group_rows(ap, t, g);
                     b2[j] = b1[j] + level2;
                     const size_t gi = ((size_t)t * (size_t)groups + (size_t)g) * 16;
                     dx[j] = _mm512_loadu_ps(ap->dxv + gi);
@@ -114,13 +110,8 @@ void qmatmul_vnni_panel_prepared(const qweight *w, const panel_prep *ap, int n_t
                         group_block(wrow, (size_t)cols, b1, b2, G / 4, dx, xs, sg + q, bg + q, a, 1);
                 }
             }
-            /* y is token-major: write each token's run of rows contiguously */
             for (int j = 0; j < nb; j++)
-                for (int tt = 0; tt < 16 && (tb + j) * 16 + tt < n_tok; tt++) {
-                    float *yt = y + (size_t)((tb + j) * 16 + tt) * (size_t)ldy + (size_t)r;
-                    for (int i = 0; i < nr; i++)
-                        yt[i] = acc[((size_t)i * 2 + (size_t)j) * 16 + (size_t)tt];
-                }
+                panel_store(y, ldy, r, nr, acc + (size_t)j * 16, 2 * 16, (tb + j) * 16, n_tok);
         }
     }
 }

@@ -15,7 +15,7 @@
 #define DPBUSD(acc, a, b) ((acc) = _mm256_dpbusd_avx_epi32((acc), (a), (b)))
 #endif
 
-#define PR 32 /* weight rows per panel */
+#define PR PANEL_ROWS /* weight rows per panel */
 #define QR 2  /* rows per register block: 2 rows x 2 halves x 2 levels of int32 accumulators */
 
 /* QR rows x one 16-token block over one group, both levels, added into acc[row][16]. */
@@ -62,16 +62,12 @@ void qmatmul_avxvnni_panel_prepared(const qweight *w, const panel_prep *ap, int 
                                     int r0, int r1)
 {
     const int cols = w->cols, groups = ap->groups, G = w->group_size;
-    const int K = ap->K, ksteps = ap->ksteps, kpg = ap->kpg, ntb = ap->ntb;
-    const size_t level2 = (size_t)ntb * 16 * (size_t)cols;
-    if (r0 >= r1 || n_tok <= 0)
-        return;
-    uint8_t *wp = kernels_scratch(4, (size_t)PR * (size_t)cols);
-    float *sp = kernels_scratch(5, (size_t)groups * PR * 2 * sizeof(float));
-    float *acc = kernels_scratch(6, (size_t)PR * 16 * sizeof(float));
-    if (!wp || !sp || !acc)
+    const int ntb = ap->ntb;
+    const size_t level2 = panel_level2(ap, cols);
+    uint8_t *wp;
+    float *sp, *bp, *acc;
+    if (r0 >= r1 || n_tok <= 0 || panel_scratch(w, ap, (size_t)PR * 16, &wp, &sp, &bp, &acc) != 0)
         return; /* a few hundred KB at most; unreachable in practice */
-    float *bp = sp + (size_t)groups * PR;
 
     for (int r = r0; r < r1; r += PR) {
         const int nr = r1 - r < PR ? r1 - r : PR;
@@ -80,7 +76,7 @@ void qmatmul_avxvnni_panel_prepared(const qweight *w, const panel_prep *ap, int 
         for (int tb = 0; tb < ntb; tb++) {
             memset(acc, 0, (size_t)PR * 16 * sizeof(float));
             for (int g = 0; g < groups; g++) {
-                const int8_t *b1 = ap->xb + ((size_t)tb * (size_t)ksteps + (size_t)g * (size_t)kpg) * (size_t)K * 16;
+                const int8_t *b1 = panel_group_rows(ap, tb, g);
                 const size_t gi = ((size_t)tb * (size_t)groups + (size_t)g) * 16;
                 const __m256 dx[2] = {_mm256_loadu_ps(ap->dxv + gi), _mm256_loadu_ps(ap->dxv + gi + 8)};
                 const __m256 xs[2] = {_mm256_loadu_ps(ap->xsv + gi), _mm256_loadu_ps(ap->xsv + gi + 8)};
@@ -89,12 +85,7 @@ void qmatmul_avxvnni_panel_prepared(const qweight *w, const panel_prep *ap, int 
                     group_block(wp + (size_t)q * (size_t)cols + (size_t)g * (size_t)G, (size_t)cols, b1,
                                 b1 + level2, G / 4, dx, xs, sg + q, bg + q, acc + (size_t)q * 16);
             }
-            /* y is token-major: write each token's run of rows contiguously */
-            for (int tt = 0; tt < 16 && tb * 16 + tt < n_tok; tt++) {
-                float *yt = y + (size_t)(tb * 16 + tt) * (size_t)ldy + (size_t)r;
-                for (int i = 0; i < nr; i++)
-                    yt[i] = acc[(size_t)i * 16 + (size_t)tt];
-            }
+            panel_store(y, ldy, r, nr, acc, 16, tb * 16, n_tok);
         }
     }
 }
