@@ -20,6 +20,14 @@
 #define ATT_KB 16   /* keys per transposed block */
 #define ATT_HMAX 8  /* query heads computed together */
 
+/* attend_group (below) as built for each instruction set; qwen2.c picks one at run time */
+typedef void (*attend_fn)(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                          float scale, float *scores, float *out);
+void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                       float scale, float *scores, float *out);
+void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                         float scale, float *scores, float *out);
+
 /* softmax over s[0, n_keys) in place; the rest of the last block of 16 is set to 0 */
 static inline void att_softmax(float *s, int n_keys)
 {

@@ -8,13 +8,6 @@
 #include "model/attention_impl.h"
 #include "model/model_internal.h"
 
-typedef void (*attend_fn)(const float *, int, const float *, const float *, int, int, float, float *, float *);
-
-void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                       float scale, float *scores, float *out);
-void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                         float scale, float *scores, float *out);
-
 static void attend_group_generic(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
                                  float scale, float *scores, float *out)
 {

@@ -11,13 +11,6 @@
 #include "../lib/test_util.h"
 #include "model/attention_impl.h"
 
-void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                       float scale, float *scores, float *out);
-void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                         float scale, float *scores, float *out);
-
-typedef void (*attend_fn)(const float *, int, const float *, const float *, int, int, float, float *, float *);
-
 static void portable(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D, float scale,
                      float *scores, float *out)
 {
