@@ -18,7 +18,7 @@ typedef struct tile_ctx {
     const float *rb[NR];
     __m256i gidx;
     int gshift;
-    size_t pf_off; /* bytes from a row chunk to the same chunk of the next tile's row */
+    size_t pf_off; /* bytes from a row chunk to the one prefetched (weight_prefetch_offset) */
 } tile_ctx;
 
 static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
@@ -85,7 +85,7 @@ chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, co
         } else {
             v = _mm256_loadu_si256((const __m256i *)src);
         }
-        /* one tile ahead, as in the AVX-512 kernel; a prefetch never faults */
+        /* whole tiles ahead, as in the AVX-512 kernel; a prefetch never faults */
         _mm_prefetch((const char *)src + k->pf_off, _MM_HINT_T0);
         lo[i] = _mm256_and_si256(v, m4);
         hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
@@ -207,7 +207,7 @@ void qmatmul_avx2_prepared(const qweight *w, const qx_prep *pp, int n_tok, float
     void (*fn)(const tile_ctx *, int, int, int, float *, int, int) = w->bits == 4 ? tile_4 : tile_8;
 
     const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
-    k.pf_off = NR * row_bytes;
+    k.pf_off = weight_prefetch_offset(row_bytes, NR);
     size_t per_tok = p.qstride + p.dstride * sizeof(float) + (size_t)p.gstride * sizeof(float);
     int tb = (int)((size_t)(768 * 1024) / per_tok) / 4 * 4;
     if (tb < 4)

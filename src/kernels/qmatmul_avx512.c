@@ -21,7 +21,7 @@ typedef struct tile_ctx {
     int gshift;          /* log2(group_size) */
     int bits;
     __mmask64 tail_mask;
-    size_t pf_off; /* bytes from a row chunk to the same chunk of the next tile's row */
+    size_t pf_off; /* bytes from a row chunk to the one prefetched (weight_prefetch_offset) */
 } tile_ctx;
 
 /* Converts n scale/bias values starting at index i0 to floats, then zero pads to `padded` (a multiple
@@ -79,7 +79,7 @@ chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, co
         const uint8_t *src = k->wrow[i] + (size_t)c * CB;
         __m512i v = masked ? _mm512_maskz_loadu_epi8(k->tail_mask, src)
                            : _mm512_loadu_si512((const void *)src);
-        /* one tile ahead: short rows (1-2 KB) end before the hardware prefetcher ramps up.
+        /* whole tiles ahead: short rows (1-2 KB) end before the hardware prefetcher ramps up.
          * Prefetches never fault, also past the end of the tensor. */
         _mm_prefetch((const char *)src + k->pf_off, _MM_HINT_T0);
         if (bits == 4 || !vnni) {
@@ -211,7 +211,7 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
     tile_fn fn = w->bits == 4 ? (vnni ? tile_4_1 : tile_4_0) : (vnni ? tile_8_1 : tile_8_0);
 
     const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
-    k.pf_off = NR * row_bytes;
+    k.pf_off = weight_prefetch_offset(row_bytes, NR);
     /* Keep one token block's activations in L2 while the rows stream past. */
     size_t per_tok = p.qstride + p.dstride * sizeof(float) + (size_t)p.gstride * sizeof(float);
     int tb = (int)((size_t)(768 * 1024) / per_tok) / 4 * 4;
