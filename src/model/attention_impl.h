@@ -1,6 +1,6 @@
 /* Attention of the query heads that share one key/value head, for one query position (causal
- * softmax, float32). Included by qwen2.c (portable build), attention_avx2.c and attention_avx512.c,
- * which compile the same source for different instruction sets.
+ * softmax, float32). Included by qwen2.c (portable build), vector_avx2.c and vector_avx512.c,
+ * which compile the same source for different instruction sets (vector_isa.h).
  *
  * Grouped-query attention gives every cached key to several query heads (8 in the 3B model), so the
  * heads of a group are computed together: each key and value is read once for all of them. Keys are
@@ -19,14 +19,6 @@
 
 #define ATT_KB 16   /* keys per transposed block */
 #define ATT_HMAX 8  /* query heads computed together */
-
-/* attend_group (below) as built for each instruction set; qwen2.c picks one at run time */
-typedef void (*attend_fn)(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                          float scale, float *scores, float *out);
-void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                       float scale, float *scores, float *out);
-void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                         float scale, float *scores, float *out);
 
 /* softmax over s[0, n_keys) in place; the rest of the last block of 16 is set to 0 */
 static inline void att_softmax(float *s, int n_keys)

@@ -28,9 +28,10 @@ struct model {
     qact *act;                     /* shared quantized activations of a batch */
     pthread_mutex_t pool_lock;     /* one context evaluates at a time */
     size_t weight_bytes;
-    /* attention of one query head; picked for the CPU by qwen2_setup */
+    /* vector code picked for the CPU by qwen2_setup */
     void (*attend)(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D, float scale,
                    float *scores, float *out); /* attend_group for this CPU */
+    void (*silu_mul)(float *g, const float *u, int n); /* v16_silu_mul_span for this CPU */
 };
 
 /* Chooses the compute paths of the forward pass (qwen2.c). */

@@ -7,6 +7,7 @@
 
 #include "model/attention_impl.h"
 #include "model/model_internal.h"
+#include "model/vector_isa.h"
 
 static void attend_group_generic(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
                                  float scale, float *scores, float *out)
@@ -14,23 +15,30 @@ static void attend_group_generic(const float *q, int ng, const float *kt, const 
     attend_group(q, ng, kt, vc, n_keys, D, scale, scores, out);
 }
 
-/* The widest build the CPU runs; PUNIE_ATTENTION=portable forces the portable build (tests). */
-static attend_fn pick_attend(void)
-{
-#if defined(__x86_64__)
-    const char *want = getenv("PUNIE_ATTENTION");
-    if (want && strcmp(want, "portable") == 0)
-        return attend_group_generic;
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return attend_group_avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return attend_group_avx2;
-#endif
-    return attend_group_generic;
-}
+static void silu_mul_generic(float *g, const float *u, int n) { v16_silu_mul_span(g, u, n); }
 
-void qwen2_setup(model *m) { m->attend = pick_attend(); }
+/* The widest build of the vector code the CPU runs; PUNIE_VECTOR=portable forces the portable build
+ * (tests). */
+void qwen2_setup(model *m)
+{
+    m->attend = attend_group_generic;
+    m->silu_mul = silu_mul_generic;
+#if defined(__x86_64__)
+    const char *want = getenv("PUNIE_VECTOR");
+    if (want && strcmp(want, "portable") == 0)
+        return;
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return;
+    if (__builtin_cpu_supports("avx512f")) {
+        m->attend = attend_group_avx512;
+        m->silu_mul = silu_mul_avx512;
+    } else {
+        m->attend = attend_group_avx2;
+        m->silu_mul = silu_mul_avx2;
+    }
+#endif
+}
 
 #define CHUNK 256
 #define ROW_ALIGN 16 /* thread row ranges start on multiples of this (kernel-friendly) */
@@ -67,7 +75,8 @@ struct mm_task {
     int n_jobs, n_tok;
     int chunk_rows[3]; /* rows per work item of each job */
     int first_item[4]; /* job j owns items [first_item[j], first_item[j + 1]) */
-    int swiglu;        /* jobs are gate and up: an item does the same rows of both, then SwiGLU */
+    /* when set, the jobs are gate and up: an item does the same rows of both, then this SwiGLU */
+    silu_mul_fn swiglu;
     qact *act; /* when set: activations quantized once for all threads */
 };
 
@@ -91,20 +100,8 @@ static void swiglu_item(const struct mm_task *task, int item)
     int r1 = r0 + task->chunk_rows[0] < g->w->rows ? r0 + task->chunk_rows[0] : g->w->rows;
     mm_rows(task, g, r0, r1);
     mm_rows(task, u, r0, r1);
-    for (int t = 0; t < task->n_tok; t++) {
-        float *gp = g->y + (size_t)t * g->ldy;
-        const float *up = u->y + (size_t)t * u->ldy;
-        int i = r0;
-        for (; i + 16 <= r1; i += 16)
-            v16_store(gp + i, v16_silu_mul(v16_load(gp + i), v16_load(up + i)));
-        if (i < r1) { /* the same arithmetic on a padded copy, so every element gets identical math */
-            float tg[16] = {0}, tu[16] = {0};
-            memcpy(tg, gp + i, (size_t)(r1 - i) * sizeof(float));
-            memcpy(tu, up + i, (size_t)(r1 - i) * sizeof(float));
-            v16_store(tg, v16_silu_mul(v16_load(tg), v16_load(tu)));
-            memcpy(gp + i, tg, (size_t)(r1 - i) * sizeof(float));
-        }
-    }
+    for (int t = 0; t < task->n_tok; t++)
+        task->swiglu(g->y + (size_t)t * g->ldy + r0, u->y + (size_t)t * u->ldy + r0, r1 - r0);
 }
 
 static void mm_item(void *arg, int item, int thread)
@@ -355,7 +352,7 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
             rmsnorm(c->xn + (size_t)j * H, c->x + (size_t)j * H, L->mlp_norm, H, cfg->rms_norm_eps);
         struct mm_task gu = {
             .jobs = {{&L->w_gate, c->xn, c->gate, I}, {&L->w_up, c->xn, c->up, I}},
-            .n_jobs = 2, .n_tok = n, .swiglu = 1,
+            .n_jobs = 2, .n_tok = n, .swiglu = m->silu_mul,
         };
         run_matmul(m, &gu);
         matmul1(m, &L->w_down, c->gate, n, c->proj, H);

@@ -10,6 +10,7 @@
 #define CHECK_REPORT_MAX 20
 #include "../lib/test_util.h"
 #include "model/attention_impl.h"
+#include "model/vector_isa.h"
 
 static void portable(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D, float scale,
                      float *scores, float *out)
@@ -96,6 +97,34 @@ static void check_build(const char *name, attend_fn fn)
     printf("%-8s %d cases\n", name, cases);
 }
 
+static void silu_mul_portable(float *g, const float *u, int n) { v16_silu_mul_span(g, u, n); }
+
+/* SwiGLU over spans of every length 1..70 (ragged ends included) against double precision; the
+ * elements past n are left alone. */
+static void check_silu_span(const char *name, silu_mul_fn fn)
+{
+    float g[80], u[80];
+    double worst = 0;
+    for (int n = 1; n <= 70; n++) {
+        for (int i = 0; i < 80; i++) {
+            g[i] = (float)((i * 37 + n * 11) % 201 - 100) * 0.173f;
+            u[i] = (float)((i * 13 + n) % 17 - 8) * 0.25f + 0.1f;
+        }
+        fn(g, u, n);
+        for (int i = 0; i < 80; i++) {
+            const double g0 = (float)((i * 37 + n * 11) % 201 - 100) * 0.173f;
+            if (i >= n) {
+                CHECK(g[i] == (float)g0, "%s silu span n=%d: element %d past the end changed", name, n, i);
+                continue;
+            }
+            const double want = g0 / (1.0 + exp(-g0)) * u[i];
+            const double err = fabs(g[i] - want) / (fabs(want) > 1e-6 ? fabs(want) : 1e-6);
+            worst = err > worst ? err : worst;
+        }
+    }
+    CHECK(worst < 2e-6, "%s silu span: worst relative error %g", name, worst);
+}
+
 int main(void)
 {
     double worst = 0;
@@ -123,12 +152,17 @@ int main(void)
     CHECK(worst_silu < 1e-6, "silu: worst relative error %g", worst_silu);
 
     check_build("portable", portable);
+    check_silu_span("portable", silu_mul_portable);
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         check_build("avx2", attend_group_avx2);
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        check_silu_span("avx2", silu_mul_avx2);
+    }
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         check_build("avx512", attend_group_avx512);
+        check_silu_span("avx512", silu_mul_avx512);
+    }
 #endif
     return test_result("all attention checks passed");
 }

@@ -1,8 +1,11 @@
-/* The attention of attention_impl.h compiled with AVX2 + FMA (chosen at run time by qwen2.c). */
+/* The forward pass's vector code compiled with AVX2 + FMA (chosen at run time by qwen2.c). */
 #include "model/attention_impl.h"
+#include "model/vector_isa.h"
 
 void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
                        float scale, float *scores, float *out)
 {
     attend_group(q, ng, kt, vc, n_keys, D, scale, scores, out);
 }
+
+void silu_mul_avx2(float *g, const float *u, int n) { v16_silu_mul_span(g, u, n); }

@@ -1,0 +1,19 @@
+/* The forward pass's vector code (attention_impl.h, vec16.h) compiled for each instruction set
+ * (vector_avx2.c, vector_avx512.c); qwen2.c picks the widest build the CPU runs. */
+#ifndef PUNIE_MODEL_VECTOR_ISA_H
+#define PUNIE_MODEL_VECTOR_ISA_H
+
+/* attend_group of attention_impl.h */
+typedef void (*attend_fn)(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                          float scale, float *scores, float *out);
+/* v16_silu_mul_span of vec16.h: g[i] = silu(g[i]) * u[i] */
+typedef void (*silu_mul_fn)(float *g, const float *u, int n);
+
+void attend_group_avx2(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                       float scale, float *scores, float *out);
+void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
+                         float scale, float *scores, float *out);
+void silu_mul_avx2(float *g, const float *u, int n);
+void silu_mul_avx512(float *g, const float *u, int n);
+
+#endif
