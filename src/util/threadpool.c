@@ -1,10 +1,14 @@
-/* Dispatch publishes one 64-bit word: generation (16 bits), item count (24) and next unclaimed item
- * (24). Threads claim items with a compare-and-swap that also checks the generation, so a thread
- * that wakes late can never claim an item of a newer job with an older job's function. The caller
- * claims items too and returns once every item is done; it never waits for a worker that has not
- * started, which matters when the pool shares its cores with other processes. Workers spin for a
- * short while between jobs (a decode step dispatches every few hundred microseconds) and then sleep
- * on a condition variable so that idle pools do not burn CPU. */
+/* Dispatch gives every thread a contiguous range of the items and publishes a generation number.
+ * A thread runs its own range from the front, in order, so that consecutive items (adjacent weight
+ * rows in a matmul) stream through one core and its prefetches run on into the next item; a thread
+ * whose range is empty takes the back half of the largest range left and goes on with that. Each
+ * range is one 64-bit word: generation (16 bits), end (24) and next item (24), changed only by
+ * compare-and-swap, so a thread that wakes late can never claim an item of a newer job with an older
+ * job's function, and every item runs exactly once. The caller claims items too and returns once
+ * every item is done; it never waits for a worker that has not started, which matters when the pool
+ * shares its cores with other processes. Workers spin for a short while between jobs (a decode step
+ * dispatches every few hundred microseconds) and then sleep on a condition variable so that idle
+ * pools do not burn CPU. */
 #include "util/threadpool.h"
 
 #include <pthread.h>
@@ -18,8 +22,13 @@
 #define SPIN_ITERS 8000
 
 #define GEN_SHIFT 48
-#define CNT_SHIFT 24
+#define END_SHIFT 24
 #define FIELD_MASK 0xffffffu
+
+/* one range per thread, each on its own cache line */
+struct range {
+    _Alignas(64) _Atomic uint64_t w;
+};
 
 struct threadpool {
     int n;
@@ -28,7 +37,8 @@ struct threadpool {
     pthread_cond_t cv;
     threadpool_item_fn fn;
     void *arg;
-    _Atomic uint64_t work;
+    struct range *ranges;  /* [n] */
+    _Atomic uint64_t work; /* the generation of the current job (in the GEN_SHIFT bits) */
     atomic_int done;
     atomic_int sleepers;
     atomic_bool stop;
@@ -54,23 +64,69 @@ int cpu_count(void)
 
 static inline unsigned word_gen(uint64_t w) { return (unsigned)(w >> GEN_SHIFT); }
 
+static inline uint64_t range_word(unsigned gen, unsigned next, unsigned end)
+{
+    return ((uint64_t)gen << GEN_SHIFT) | ((uint64_t)end << END_SHIFT) | next;
+}
+static inline unsigned range_next(uint64_t w) { return (unsigned)w & FIELD_MASK; }
+static inline unsigned range_end(uint64_t w) { return (unsigned)(w >> END_SHIFT) & FIELD_MASK; }
+
+/* Claims the next item of range r for generation gen; -1 when the range is empty or older. */
+static int claim_front(struct range *r, unsigned gen)
+{
+    uint64_t w = atomic_load_explicit(&r->w, memory_order_acquire);
+    for (;;) {
+        if (word_gen(w) != gen || range_next(w) >= range_end(w))
+            return -1;
+        if (atomic_compare_exchange_weak_explicit(&r->w, &w, w + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (int)range_next(w);
+    }
+}
+
+/* Moves the back half of the largest range of generation gen into range `own` (empty, owned by the
+ * caller). Returns false when no items are left. */
+static bool steal(threadpool *p, unsigned gen, int own)
+{
+    for (;;) {
+        int victim = -1;
+        unsigned most = 0;
+        uint64_t vw = 0;
+        for (int t = 0; t < p->n; t++) {
+            const uint64_t w = atomic_load_explicit(&p->ranges[t].w, memory_order_acquire);
+            if (t == own || word_gen(w) != gen || range_next(w) >= range_end(w))
+                continue;
+            if (range_end(w) - range_next(w) > most) {
+                most = range_end(w) - range_next(w);
+                victim = t;
+                vw = w;
+            }
+        }
+        if (victim < 0)
+            return false;
+        const unsigned next = range_next(vw), end = range_end(vw), mid = next + (end - next) / 2;
+        if (!atomic_compare_exchange_strong_explicit(&p->ranges[victim].w, &vw, range_word(gen, next, mid),
+                                                     memory_order_acq_rel, memory_order_acquire))
+            continue; /* the range changed meanwhile: look again */
+        /* [mid, end) is ours now; our own word is empty, so no other thread changes it */
+        atomic_store_explicit(&p->ranges[own].w, range_word(gen, mid, end), memory_order_release);
+        return true;
+    }
+}
+
 /* Claims and runs items of generation gen until none is left. */
 static void drain(threadpool *p, unsigned gen, int idx)
 {
-    uint64_t w = atomic_load_explicit(&p->work, memory_order_acquire);
     for (;;) {
-        if (word_gen(w) != gen)
-            return;
-        unsigned count = (unsigned)(w >> CNT_SHIFT) & FIELD_MASK, next = (unsigned)w & FIELD_MASK;
-        if (next >= count)
-            return;
-        if (!atomic_compare_exchange_weak_explicit(&p->work, &w, w + 1, memory_order_acq_rel,
-                                                   memory_order_acquire))
+        const int item = claim_front(&p->ranges[idx], gen);
+        if (item < 0) {
+            if (!steal(p, gen, idx))
+                return;
             continue;
+        }
         /* The job cannot finish before this item is done, so fn and arg are still this job's. */
-        p->fn(p->arg, (int)next, idx);
+        p->fn(p->arg, item, idx);
         atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
-        w = atomic_load_explicit(&p->work, memory_order_acquire);
     }
 }
 
@@ -116,10 +172,15 @@ threadpool *threadpool_new(int n_threads)
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
-    if (!p->threads) {
+    p->ranges = aligned_alloc(64, (size_t)n_threads * sizeof *p->ranges);
+    if (!p->threads || !p->ranges) {
+        free(p->threads);
+        free(p->ranges);
         free(p);
         return NULL;
     }
+    for (int i = 0; i < n_threads; i++)
+        atomic_init(&p->ranges[i].w, 0);
     for (int i = 1; i < n_threads; i++) {
         struct worker_arg *wa = malloc(sizeof *wa);
         if (!wa || pthread_create(&p->threads[i], NULL, worker_main, wa ? (wa->p = p, wa->idx = i, wa) : NULL) != 0) {
@@ -145,6 +206,7 @@ void threadpool_free(threadpool *p)
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->threads);
+    free(p->ranges);
     free(p);
 }
 
@@ -172,9 +234,15 @@ void threadpool_for(threadpool *p, threadpool_item_fn fn, void *arg, int n_items
     unsigned gen = (word_gen(old) + 1) & 0xffffu;
     if (gen == 0)
         gen = 1; /* 0 is what a new worker has seen */
-    atomic_store_explicit(&p->work, ((uint64_t)gen << GEN_SHIFT) | ((uint64_t)n_items << CNT_SHIFT),
-                          memory_order_seq_cst); /* ordered before the sleepers check (a worker
-                                                    going to sleep checks the other way round) */
+    for (int t = 0; t < p->n; t++)
+        atomic_store_explicit(&p->ranges[t].w,
+                              range_word(gen, (unsigned)((long)n_items * t / p->n),
+                                         (unsigned)((long)n_items * (t + 1) / p->n)),
+                              memory_order_relaxed);
+    atomic_store_explicit(&p->work, (uint64_t)gen << GEN_SHIFT,
+                          memory_order_seq_cst); /* publishes the ranges; ordered before the sleepers
+                                                    check (a worker going to sleep checks the other
+                                                    way round) */
     if (atomic_load(&p->sleepers) > 0) {
         pthread_mutex_lock(&p->mu);
         pthread_cond_broadcast(&p->cv);

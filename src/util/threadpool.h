@@ -1,7 +1,8 @@
 /* A persistent pool of worker threads for data-parallel loops (matmul rows, attention heads).
- * Work is handed out as numbered items that threads claim one at a time, so a thread that the OS
- * delays (other processes on the same cores) only holds back the item it is running: the others,
- * the caller included, take the rest. Workers spin briefly between jobs, then sleep. */
+ * Work is handed out as numbered items: each thread runs a contiguous share of them in order and
+ * then takes over half of what another thread has left, so a thread that the OS delays (other
+ * processes on the same cores) only holds back the item it is running: the others, the caller
+ * included, take the rest. Workers spin briefly between jobs, then sleep. */
 #ifndef PUNIE_UTIL_THREADPOOL_H
 #define PUNIE_UTIL_THREADPOOL_H
 
@@ -19,8 +20,8 @@ int threadpool_size(const threadpool *p);
  * so per-part scratch may be indexed by i. Not reentrant: one run at a time per pool. */
 void threadpool_run(threadpool *p, threadpool_fn fn, void *arg);
 
-/* Calls fn(arg, item, thread) once for every item in [0, n_items) (n_items < 2^24), in increasing
- * claim order, and returns when all are done; thread in [0, pool size) names the thread running the
+/* Calls fn(arg, item, thread) once for every item in [0, n_items) (n_items < 2^24) and returns when
+ * all are done; each thread takes its items in increasing order, in runs of consecutive ones; thread in [0, pool size) names the thread running the
  * item (per-thread scratch). Not reentrant. */
 void threadpool_for(threadpool *p, threadpool_item_fn fn, void *arg, int n_items);
 
