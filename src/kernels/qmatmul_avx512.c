@@ -17,6 +17,7 @@ typedef struct tile_ctx {
     const uint8_t *wrow[NR];
     const float *rs[NR]; /* row scales as floats, zero padded */
     const float *rb[NR]; /* row biases as floats, zero padded */
+    const uint8_t *srow[NR], *brow[NR]; /* decode: the rows' scales and biases as stored */
     __m512i gidx;        /* lane -> group offset within a chunk */
     int gshift;          /* log2(group_size) */
     int bits;
@@ -46,6 +47,17 @@ static inline void convert_row(const uint8_t *src, enum float_dtype dt, size_t i
     }
 }
 
+/* 16 scale/bias values as stored (dtype dt), as floats; `mask` selects the values read. */
+static inline __attribute__((always_inline)) __m512 load16_stored(const uint8_t *src, const int dt,
+                                                                  __mmask16 mask)
+{
+    if (dt == DT_F16)
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, src));
+    if (dt == DT_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src)), 16));
+    return _mm512_maskz_loadu_ps(mask, src);
+}
+
 static inline __attribute__((always_inline)) __m512i dot_chunk(__m512i lo, __m512i hi, __m512i ql,
                                                                __m512i qh, int bits, int vnni)
 {
@@ -67,7 +79,7 @@ static inline __attribute__((always_inline)) __m512i dot_chunk(__m512i lo, __m51
 
 static inline __attribute__((always_inline)) void
 chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, const int bits,
-           const int vnni, const int masked)
+           const int vnni, const int masked, const int sdt)
 {
     const qx_prep *p = k->p;
     const __m512i m4 = _mm512_set1_epi8(0x0f);
@@ -89,7 +101,12 @@ chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, co
             lo[i] = v;
             hi[i] = v;
         }
-        sv[i] = _mm512_permutexvar_ps(k->gidx, _mm512_loadu_ps(k->rs[i] + fg));
+        /* sdt >= 0: straight from the stored scales (the caller checked the 16 values lie inside
+         * the tensor), saving the per-tile conversion that costs decode a fifth of its time */
+        const __m512 s16 = sdt >= 0 ? load16_stored(k->srow[i] + (size_t)fg * (sdt == DT_F32 ? 4 : 2), sdt,
+                                                    (__mmask16)0xffff)
+                                    : _mm512_loadu_ps(k->rs[i] + fg);
+        sv[i] = _mm512_permutexvar_ps(k->gidx, s16);
     }
     const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
 #pragma GCC unroll 4
@@ -113,7 +130,7 @@ chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, co
 
 static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0, int nr, float *y,
                                                        int ldy, int r, const int NT, const int bits,
-                                                       const int vnni)
+                                                       const int vnni, const int sdt)
 {
     const qx_prep *p = k->p;
     __m512 acc[NR][4];
@@ -124,17 +141,22 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
             acc[i][j] = _mm512_setzero_ps();
     const int full = p->tail_bytes == CB ? p->nchunks : p->nchunks - 1;
     for (int c = 0; c < full; c++)
-        chunk_step(k, c, t0, acc, NT, bits, vnni, 0);
+        chunk_step(k, c, t0, acc, NT, bits, vnni, 0, sdt);
     if (full < p->nchunks)
-        chunk_step(k, full, t0, acc, NT, bits, vnni, 1);
+        chunk_step(k, full, t0, acc, NT, bits, vnni, 1, sdt);
     /* bias terms: sum_g b_g * xsum_g */
     for (int g = 0; g < p->groups; g += 16) {
+        const int left = p->groups - g;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 #pragma GCC unroll 4
         for (int j = 0; j < NT; j++) {
             __m512 xs = _mm512_loadu_ps(p->xs + (size_t)(t0 + j) * (size_t)p->gstride + (size_t)g);
 #pragma GCC unroll 4
-            for (int i = 0; i < NR; i++)
-                acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(k->rb[i] + g), xs, acc[i][j]);
+            for (int i = 0; i < NR; i++) {
+                const __m512 b = sdt >= 0 ? load16_stored(k->brow[i] + (size_t)g * (sdt == DT_F32 ? 4 : 2), sdt, m)
+                                          : _mm512_loadu_ps(k->rb[i] + g);
+                acc[i][j] = _mm512_fmadd_ps(b, xs, acc[i][j]);
+            }
         }
     }
 #pragma GCC unroll 4
@@ -150,11 +172,22 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
                                      int r)                                                        \
     {                                                                                              \
         switch (nt) {                                                                              \
-        case 4: tile(k, t0, nr, y, ldy, r, 4, BITS, VNNI); break;                                  \
-        case 3: tile(k, t0, nr, y, ldy, r, 3, BITS, VNNI); break;                                  \
-        case 2: tile(k, t0, nr, y, ldy, r, 2, BITS, VNNI); break;                                  \
-        default: tile(k, t0, nr, y, ldy, r, 1, BITS, VNNI); break;                                 \
+        case 4: tile(k, t0, nr, y, ldy, r, 4, BITS, VNNI, -1); break;                              \
+        case 3: tile(k, t0, nr, y, ldy, r, 3, BITS, VNNI, -1); break;                              \
+        case 2: tile(k, t0, nr, y, ldy, r, 2, BITS, VNNI, -1); break;                              \
+        default: tile(k, t0, nr, y, ldy, r, 1, BITS, VNNI, -1); break;                             \
         }                                                                                          \
+    }                                                                                              \
+    /* one token, scales read as stored */                                                         \
+    static void decode_##BITS##_##VNNI(const tile_ctx *k, int nr, float *y, int r,                 \
+                                       enum float_dtype dt)                                        \
+    {                                                                                              \
+        if (dt == DT_F16)                                                                          \
+            tile(k, 0, nr, y, 1, r, 1, BITS, VNNI, DT_F16);                                        \
+        else if (dt == DT_BF16)                                                                    \
+            tile(k, 0, nr, y, 1, r, 1, BITS, VNNI, DT_BF16);                                       \
+        else                                                                                       \
+            tile(k, 0, nr, y, 1, r, 1, BITS, VNNI, DT_F32);                                        \
     }
 TILE_VARIANTS(4, 0)
 TILE_VARIANTS(4, 1)
@@ -162,6 +195,7 @@ TILE_VARIANTS(8, 0)
 TILE_VARIANTS(8, 1)
 
 typedef void (*tile_fn)(const tile_ctx *, int, int, int, float *, int, int);
+typedef void (*decode_fn)(const tile_ctx *, int, float *, int, enum float_dtype);
 
 size_t qx_avx512_bytes(qx_prep *p, const qweight *w, int n_tok)
 {
@@ -209,6 +243,12 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
     k.gidx = _mm512_loadu_si512((const void *)gi);
     k.tail_mask = p.tail_bytes == 64 ? ~(__mmask64)0 : (((__mmask64)1 << p.tail_bytes) - 1);
     tile_fn fn = w->bits == 4 ? (vnni ? tile_4_1 : tile_4_0) : (vnni ? tile_8_1 : tile_8_0);
+    decode_fn dfn = w->bits == 4 ? (vnni ? decode_4_1 : decode_4_0) : (vnni ? decode_8_1 : decode_8_0);
+    /* Decode reads scales as stored, 16 values from a chunk's first group: for rows below
+     * stored_rows those 16 lie inside the tensor; the last row or two convert instead. */
+    const size_t groups = (size_t)p.groups, total = (size_t)w->rows * groups;
+    const int stored_rows = total >= 15 ? (int)((total - 15) / groups) : 0;
+    const size_t esz = w->sdtype == DT_F32 ? 4 : 2;
 
     const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
     k.pf_off = weight_prefetch_offset(row_bytes, NR);
@@ -222,6 +262,16 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
         for (int r = r0; r < r1; r += NR) {
             const int nr = r1 - r < NR ? r1 - r : NR;
             prefetch_tile_scales(w, r, r0, r1, NR, SCALE_PREFETCH_ROWS);
+            if (n_tok == 1 && r + nr <= stored_rows) {
+                for (int i = 0; i < NR; i++) {
+                    const size_t row = (size_t)r + (size_t)(i < nr ? i : nr - 1);
+                    k.wrow[i] = w->packed + row * row_bytes;
+                    k.srow[i] = w->scales + row * groups * esz;
+                    k.brow[i] = w->biases + row * groups * esz;
+                }
+                dfn(&k, nr, y, r, w->sdtype);
+                continue;
+            }
             for (int i = 0; i < NR; i++) {
                 const int row = r + (i < nr ? i : nr - 1);
                 float *rs = rowf + (size_t)(2 * i) * (size_t)p.gstride;

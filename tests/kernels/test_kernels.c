@@ -14,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #define CHECK_REPORT_MAX 20 /* a broken kernel fails every value */
 #include "../lib/test_util.h"
@@ -65,8 +67,34 @@ static void store_float(uint8_t *p, enum float_dtype dt, size_t i, float v)
 }
 
 typedef struct {
+    void *base;
+    size_t len;
+} guarded;
+
+/* n bytes that end `slack` bytes before an inaccessible page, as a tensor at the end of a mapped
+ * file does: a kernel reading past the end of a tensor crashes the test (vector loads are not seen
+ * by the sanitizers). */
+static uint8_t *guarded_alloc(guarded *g, size_t n, size_t slack)
+{
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t data_pages = (n + slack + page - 1) / page;
+    g->len = (data_pages + 1) * page;
+    g->base = mmap(NULL, g->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (g->base == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    uint8_t *guard = (uint8_t *)g->base + data_pages * page;
+    if (mprotect(guard, page, PROT_NONE) != 0) {
+        perror("mprotect");
+        exit(1);
+    }
+    return guard - slack - n;
+}
+
+typedef struct {
     qweight w;
-    uint8_t *buf_packed, *buf_scales, *buf_biases;
+    guarded buf_packed, buf_scales, buf_biases;
     uint8_t *q; /* unpacked values rows x cols */
 } test_weight;
 
@@ -75,12 +103,11 @@ static void make_weight(test_weight *tw, int rows, int cols, int bits, int G, en
     size_t row_bytes = (size_t)cols * (size_t)bits / 8;
     size_t groups = (size_t)cols / (size_t)G;
     size_t esz = dt == DT_F32 ? 4 : 2;
-    int off1 = irand(0, 3), off2 = irand(0, 3), off3 = irand(0, 3);
-    tw->buf_packed = malloc((size_t)rows * row_bytes + 4);
-    tw->buf_scales = malloc((size_t)rows * groups * esz + 4);
-    tw->buf_biases = malloc((size_t)rows * groups * esz + 4);
+    /* tensors end 0-3 bytes before a guard page (and so start unaligned too) */
+    uint8_t *packed = guarded_alloc(&tw->buf_packed, (size_t)rows * row_bytes, (size_t)irand(0, 3));
+    uint8_t *sc = guarded_alloc(&tw->buf_scales, (size_t)rows * groups * esz, (size_t)irand(0, 3));
+    uint8_t *bi = guarded_alloc(&tw->buf_biases, (size_t)rows * groups * esz, (size_t)irand(0, 3));
     tw->q = malloc((size_t)rows * (size_t)cols);
-    uint8_t *packed = tw->buf_packed + off1;
     memset(packed, 0, (size_t)rows * row_bytes);
     for (int r = 0; r < rows; r++)
         for (int c = 0; c < cols; c++) {
@@ -92,7 +119,6 @@ static void make_weight(test_weight *tw, int rows, int cols, int bits, int G, en
             else
                 packed[e / 2] |= (uint8_t)(v << (4 * (e & 1)));
         }
-    uint8_t *sc = tw->buf_scales + off2, *bi = tw->buf_biases + off3;
     float smax = bits == 4 ? 0.02f : 0.001f;
     for (size_t i = 0; i < (size_t)rows * groups; i++) {
         store_float(sc, dt, i, frand(-smax, smax)); /* negative scales too */
@@ -104,9 +130,9 @@ static void make_weight(test_weight *tw, int rows, int cols, int bits, int G, en
 
 static void free_weight(test_weight *tw)
 {
-    free(tw->buf_packed);
-    free(tw->buf_scales);
-    free(tw->buf_biases);
+    munmap(tw->buf_packed.base, tw->buf_packed.len);
+    munmap(tw->buf_scales.base, tw->buf_scales.len);
+    munmap(tw->buf_biases.base, tw->buf_biases.len);
     free(tw->q);
 }
 
