@@ -59,20 +59,21 @@ static inline v16 v16_silu_mul(v16 g, v16 u)
     return v16_select(neg, g * e, g) / (1.0f + e) * u;
 }
 
-/* g[i] = silu(g[i]) * u[i] for i in [0, n) (SwiGLU); a ragged end goes through a padded copy so that
- * every element gets the same arithmetic */
+/* g[i] = silu(g[i]) * u[i] for i in [0, n) (SwiGLU). Every element goes through the same lane
+ * arithmetic whatever n is: a ragged end is done as the last 16 elements, computed from the inputs
+ * before the loop overwrites the ones they share with it. No stack buffers: over-aligned locals
+ * trip the sanitizers' fake stack frames. */
 static inline void v16_silu_mul_span(float *g, const float *u, int n)
 {
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        v16_store(g + i, v16_silu_mul(v16_load(g + i), v16_load(u + i)));
-    if (i < n) {
-        float tg[16] = {0}, tu[16] = {0};
-        memcpy(tg, g + i, (size_t)(n - i) * sizeof(float));
-        memcpy(tu, u + i, (size_t)(n - i) * sizeof(float));
-        v16_store(tg, v16_silu_mul(v16_load(tg), v16_load(tu)));
-        memcpy(g + i, tg, (size_t)(n - i) * sizeof(float));
+    if (n < 16) {
+        for (int k = 0; k < n; k++)
+            g[k] = v16_silu_mul((v16){0} + g[k], (v16){0} + u[k])[0];
+        return;
     }
+    const v16 last = v16_silu_mul(v16_load(g + n - 16), v16_load(u + n - 16));
+    for (int i = 0; i + 16 <= n; i += 16)
+        v16_store(g + i, v16_silu_mul(v16_load(g + i), v16_load(u + i)));
+    v16_store(g + n - 16, last);
 }
 
 
