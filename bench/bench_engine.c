@@ -7,7 +7,8 @@
  * peak RSS and the ratios: decode / (bandwidth / weight bytes per token), prefill / decode,
  * peak RSS / (weights + KV cache). The bandwidth is read 20 times (before and after the model
  * runs); besides the mean decode rate against the best pass, the ratios pair the median token with
- * the median pass and the fastest token with the best pass, since on a shared host both drift. */
+ * the median pass and the fastest token with the best pass, since on a shared host both drift; and
+ * a paired ratio times short decode steps each right after its own bandwidth passes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,50 +60,88 @@ __attribute__((optimize("O3"))) static void bw_item(void *arg, int item, int t)
     b->sink[t & 255] += acc;
 }
 
-/* Read bandwidth in GB/s: 10 passes, alternately with and without software prefetch (so that the
- * roofline is not below what the kernels reach), with the same thread count, measured in a child
- * process so that its buffer does not count in this process's peak RSS. The pass rates go to out[]
- * (10 values; 0 where a pass could not run). */
+/* Read bandwidth in GB/s, measured by a child process that holds the buffer (so that it does not
+ * count in this process's peak RSS) and runs one pass over it, with the same thread count, each time
+ * it is asked; passes alternate with and without software prefetch (so that the roofline is not
+ * below what the kernels reach). */
+struct bw_child {
+    pid_t pid;
+    int req, resp; /* pipes: a request byte (prefetch 0/1) out, a double back */
+};
+
+static void bw_child_main(int req, int resp, int threads, size_t mib)
+{
+    size_t n = mib * 1024 * 1024 / 8;
+    uint64_t *buf = malloc(n * 8);
+    threadpool *p = buf ? threadpool_new(threads) : NULL;
+    if (buf)
+        for (size_t i = 0; i < n; i++)
+            buf[i] = i;
+    struct bw_task task = {.buf = buf, .n = n, .per_item = 512 * 1024 / 8};
+    const int items = (int)((n + task.per_item - 1) / task.per_item);
+    unsigned char cmd;
+    while (read(req, &cmd, 1) == 1) {
+        double rate = 0;
+        if (p) {
+            task.prefetch = cmd & 1;
+            double t0 = now_s();
+            threadpool_for(p, bw_item, &task, items);
+            rate = (double)n * 8 / (now_s() - t0) / 1e9;
+        }
+        if (write(resp, &rate, sizeof rate) != (ssize_t)sizeof rate)
+            break;
+    }
+    _exit(0);
+}
+
+static int bw_start(struct bw_child *b, int threads, size_t mib)
+{
+    int req[2], resp[2];
+    b->pid = -1;
+    if (pipe(req) != 0)
+        return -1;
+    if (pipe(resp) != 0) {
+        close(req[0]);
+        close(req[1]);
+        return -1;
+    }
+    b->pid = fork();
+    if (b->pid == 0) {
+        close(req[1]);
+        close(resp[0]);
+        bw_child_main(req[0], resp[1], threads, mib);
+    }
+    close(req[0]);
+    close(resp[1]);
+    b->req = req[1];
+    b->resp = resp[0];
+    return b->pid > 0 ? 0 : -1;
+}
+
+/* One pass; 0 when the child cannot run it. */
+static double bw_pass(struct bw_child *b, int prefetch)
+{
+    unsigned char cmd = (unsigned char)prefetch;
+    double rate = 0;
+    if (b->pid <= 0 || write(b->req, &cmd, 1) != 1 || read(b->resp, &rate, sizeof rate) != (ssize_t)sizeof rate)
+        return 0;
+    return rate;
+}
+
+static void bw_stop(struct bw_child *b)
+{
+    if (b->pid <= 0)
+        return;
+    close(b->req);
+    close(b->resp);
+    waitpid(b->pid, NULL, 0);
+}
+
 #define BW_PASSES 10
-static void measure_bandwidth(int threads, size_t mib, double out[BW_PASSES])
+static void measure_bandwidth(struct bw_child *b, double out[BW_PASSES])
 {
     for (int i = 0; i < BW_PASSES; i++)
-        out[i] = 0;
-    int fds[2];
-    if (pipe(fds) != 0)
-        return;
-    pid_t pid = fork();
-    if (pid == 0) {
-        close(fds[0]);
-        size_t n = mib * 1024 * 1024 / 8;
-        uint64_t *buf = malloc(n * 8);
-        double rates[BW_PASSES] = {0};
-        if (buf) {
-            for (size_t i = 0; i < n; i++)
-                buf[i] = i;
-            threadpool *p = threadpool_new(threads);
-            struct bw_task task = {.buf = buf, .n = n, .per_item = 512 * 1024 / 8};
-            const int items = (int)((n + task.per_item - 1) / task.per_item);
-            for (int rep = 0; rep < BW_PASSES && p; rep++) {
-                task.prefetch = rep & 1;
-                double t0 = now_s();
-                threadpool_for(p, bw_item, &task, items);
-                double dt = now_s() - t0;
-                rates[rep] = (double)n * 8 / dt / 1e9;
-            }
-            threadpool_free(p);
-        }
-        if (write(fds[1], rates, sizeof rates) != (ssize_t)sizeof rates)
-            _exit(1);
-        _exit(0);
-    }
-    close(fds[1]);
-    if (pid < 0 || read(fds[0], out, BW_PASSES * sizeof(double)) != (ssize_t)(BW_PASSES * sizeof(double)))
-        for (int i = 0; i < BW_PASSES; i++)
-            out[i] = 0;
-    close(fds[0]);
-    if (pid > 0)
-        waitpid(pid, NULL, 0);
+        out[i] = bw_pass(b, i & 1);
 }
 
 static size_t file_bytes_in(const char *dir)
@@ -133,6 +172,8 @@ static int argmax(const float *l, int n)
             b = i;
     return b;
 }
+
+#define PAIR_TOKENS 2
 
 int main(int argc, char **argv)
 {
@@ -168,8 +209,11 @@ int main(int argc, char **argv)
     if (threads <= 0)
         threads = cpu_count();
 
-    double bw_pass[2 * BW_PASSES];
-    measure_bandwidth(threads, bw_mib, bw_pass);
+    struct bw_child bwc;
+    if (bw_start(&bwc, threads, bw_mib) != 0)
+        fprintf(stderr, "warning: cannot start the bandwidth measurement\n");
+    double bw_passes[2 * BW_PASSES];
+    measure_bandwidth(&bwc, bw_passes);
 
     perr err;
     model *m;
@@ -186,7 +230,8 @@ int main(int argc, char **argv)
     }
     double t_load = now_s() - t0;
     const model_config *c = model_get_config(m);
-    int n_ctx = n_prompt + n_gen + 1;
+    const int n_pairs = n_gen < 8 ? 8 : n_gen; /* paired steps of PAIR_TOKENS tokens (below) */
+    int n_ctx = n_prompt + n_gen + n_pairs * PAIR_TOKENS + 1;
     model_ctx *ctx;
     if (model_ctx_new(m, n_ctx, &ctx, &err) != 0) {
         fprintf(stderr, "%s\n", err.msg);
@@ -233,9 +278,39 @@ int main(int argc, char **argv)
     /* measured again after the model ran: other processes on the cores (and, on a shared host, its
      * memory traffic) make single figures noisy, so the ratios compare like with like: the best
      * bandwidth pass with the fastest token, the median pass with the median token */
-    measure_bandwidth(threads, bw_mib, bw_pass + BW_PASSES);
-    qsort(bw_pass, 2 * BW_PASSES, sizeof *bw_pass, cmp_double);
-    double bw = bw_pass[2 * BW_PASSES - 1], bw_median = bw_pass[BW_PASSES];
+    measure_bandwidth(&bwc, bw_passes + BW_PASSES);
+    qsort(bw_passes, 2 * BW_PASSES, sizeof *bw_passes, cmp_double);
+    double bw = bw_passes[2 * BW_PASSES - 1], bw_median = bw_passes[BW_PASSES];
+
+    /* Paired: a bandwidth pass of each kind right before every PAIR_TOKENS decode tokens, each step
+     * against its own roofline. The host's bandwidth drifts by 2x within minutes; pairs taken a
+     * tenth of a second apart see the same conditions. */
+    const double wbytes_tok = (double)model_weight_bytes(m);
+    double *pair_ratio = malloc((size_t)n_pairs * sizeof *pair_ratio);
+    int pairs = 0;
+    for (int i = 0; i < n_pairs && pair_ratio; i++) {
+        const double a = bw_pass(&bwc, 1), b = bw_pass(&bwc, 0), pass = a > b ? a : b;
+        double ti = now_s();
+        for (int k = 0; k < PAIR_TOKENS; k++) {
+            if (model_ctx_eval(ctx, &next, 1, logits, NULL, &err) != 0) {
+                fprintf(stderr, "%s\n", err.msg);
+                return 1;
+            }
+            next = argmax(logits, c->vocab_size);
+        }
+        const double tps = PAIR_TOKENS / (now_s() - ti);
+        if (pass > 0)
+            pair_ratio[pairs++] = tps / (pass * 1e9 / wbytes_tok);
+    }
+    bw_stop(&bwc);
+    double paired = 0, paired_lo = 0, paired_hi = 0;
+    if (pairs > 0) {
+        qsort(pair_ratio, (size_t)pairs, sizeof *pair_ratio, cmp_double);
+        paired = pair_ratio[pairs / 2];
+        paired_lo = pair_ratio[pairs / 4];
+        paired_hi = pair_ratio[(3 * pairs) / 4];
+    }
+    free(pair_ratio);
 
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -267,6 +342,8 @@ int main(int argc, char **argv)
     printf("RATIO decode median/roofline %.2f\n", median_tps / roofline);
     printf("RATIO decode median/median-bandwidth roofline %.2f\n", median_tps / (bw_median * 1e9 / wbytes));
     printf("RATIO decode best/roofline %.2f\n", best_tps / roofline);
+    printf("RATIO decode/roofline paired %.2f (median of %d steps of %d tokens, each against bandwidth "
+           "passes right before it; quartiles %.2f-%.2f)\n", paired, pairs, PAIR_TOKENS, paired_lo, paired_hi);
     printf("RATIO prefill/decode    %.2f\n", prefill_tps / decode_tps);
     printf("RATIO rss/(weights+kv)  %.3f\n", rss / (files + kv));
     free(toks);
