@@ -16,6 +16,7 @@ typedef struct tile_ctx {
     const uint8_t *wrow[NR];
     const float *rs[NR];
     const float *rb[NR];
+    const uint8_t *srow[NR], *brow[NR]; /* decode: the rows' scales and biases as stored */
     __m256i gidx;
     int gshift;
     size_t pf_off; /* bytes from a row chunk to the one prefetched (weight_prefetch_offset) */
@@ -52,6 +53,24 @@ static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int 
         _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
 }
 
+/* 8 scale/bias values as stored (dtype dt), as floats; all 8 must lie inside the tensor. */
+static inline __attribute__((always_inline)) __m256 load8_stored(const uint8_t *src, const int dt)
+{
+    if (dt == DT_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)src));
+    if (dt == DT_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src)), 16));
+    return _mm256_loadu_ps((const float *)src);
+}
+
+/* The same for the first n < 8 values, the rest zero. */
+static inline __attribute__((always_inline)) __m256 load8_stored_part(const uint8_t *src, const int dt, int n)
+{
+    uint8_t tmp[32] = {0};
+    memcpy(tmp, src, (size_t)n * (dt == DT_F32 ? 4 : 2));
+    return load8_stored(tmp, dt);
+}
+
 static inline __attribute__((always_inline)) __m256i dot_chunk(__m256i lo, __m256i hi, __m256i ql,
                                                                __m256i qh, int bits)
 {
@@ -67,7 +86,7 @@ static inline __attribute__((always_inline)) __m256i dot_chunk(__m256i lo, __m25
 
 static inline __attribute__((always_inline)) void
 chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, const int bits,
-           const int tail)
+           const int tail, const int sdt)
 {
     const qx_prep *p = k->p;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
@@ -89,7 +108,10 @@ chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, co
         _mm_prefetch((const char *)src + k->pf_off, _MM_HINT_T0);
         lo[i] = _mm256_and_si256(v, m4);
         hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-        sv[i] = _mm256_permutevar8x32_ps(_mm256_loadu_ps(k->rs[i] + fg), k->gidx);
+        /* sdt >= 0 (decode): straight from the stored scales, as in the AVX-512 kernel */
+        const __m256 s8 = sdt >= 0 ? load8_stored(k->srow[i] + (size_t)fg * (sdt == DT_F32 ? 4 : 2), sdt)
+                                   : _mm256_loadu_ps(k->rs[i] + fg);
+        sv[i] = _mm256_permutevar8x32_ps(s8, k->gidx);
     }
     const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
 #pragma GCC unroll 4
@@ -120,7 +142,8 @@ static inline float hsum256(__m256 v)
 }
 
 static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0, int nr, float *y,
-                                                       int ldy, int r, const int NT, const int bits)
+                                                       int ldy, int r, const int NT, const int bits,
+                                                       const int sdt)
 {
     const qx_prep *p = k->p;
     __m256 acc[NR][4];
@@ -131,16 +154,21 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
             acc[i][j] = _mm256_setzero_ps();
     const int full = p->tail_bytes == CB ? p->nchunks : p->nchunks - 1;
     for (int c = 0; c < full; c++)
-        chunk_step(k, c, t0, acc, NT, bits, 0);
+        chunk_step(k, c, t0, acc, NT, bits, 0, sdt);
     if (full < p->nchunks)
-        chunk_step(k, full, t0, acc, NT, bits, 1);
+        chunk_step(k, full, t0, acc, NT, bits, 1, sdt);
     for (int g = 0; g < p->groups; g += 8) {
 #pragma GCC unroll 4
         for (int j = 0; j < NT; j++) {
             __m256 xs = _mm256_loadu_ps(p->xs + (size_t)(t0 + j) * (size_t)p->gstride + (size_t)g);
 #pragma GCC unroll 4
-            for (int i = 0; i < NR; i++)
-                acc[i][j] = _mm256_fmadd_ps(_mm256_loadu_ps(k->rb[i] + g), xs, acc[i][j]);
+            for (int i = 0; i < NR; i++) {
+                const size_t off = (size_t)g * (sdt == DT_F32 ? 4 : 2);
+                const __m256 b = sdt < 0 ? _mm256_loadu_ps(k->rb[i] + g)
+                                 : g + 8 <= p->groups ? load8_stored(k->brow[i] + off, sdt)
+                                                      : load8_stored_part(k->brow[i] + off, sdt, p->groups - g);
+                acc[i][j] = _mm256_fmadd_ps(b, xs, acc[i][j]);
+            }
         }
     }
 #pragma GCC unroll 4
@@ -155,11 +183,21 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
     static void tile_##BITS(const tile_ctx *k, int t0, int nt, int nr, float *y, int ldy, int r)   \
     {                                                                                              \
         switch (nt) {                                                                              \
-        case 4: tile(k, t0, nr, y, ldy, r, 4, BITS); break;                                        \
-        case 3: tile(k, t0, nr, y, ldy, r, 3, BITS); break;                                        \
-        case 2: tile(k, t0, nr, y, ldy, r, 2, BITS); break;                                        \
-        default: tile(k, t0, nr, y, ldy, r, 1, BITS); break;                                       \
+        case 4: tile(k, t0, nr, y, ldy, r, 4, BITS, -1); break;                                    \
+        case 3: tile(k, t0, nr, y, ldy, r, 3, BITS, -1); break;                                    \
+        case 2: tile(k, t0, nr, y, ldy, r, 2, BITS, -1); break;                                    \
+        default: tile(k, t0, nr, y, ldy, r, 1, BITS, -1); break;                                   \
         }                                                                                          \
+    }                                                                                              \
+    /* one token, scales read as stored */                                                         \
+    static void decode_##BITS(const tile_ctx *k, int nr, float *y, int r, enum float_dtype dt)     \
+    {                                                                                              \
+        if (dt == DT_F16)                                                                          \
+            tile(k, 0, nr, y, 1, r, 1, BITS, DT_F16);                                              \
+        else if (dt == DT_BF16)                                                                    \
+            tile(k, 0, nr, y, 1, r, 1, BITS, DT_BF16);                                             \
+        else                                                                                       \
+            tile(k, 0, nr, y, 1, r, 1, BITS, DT_F32);                                              \
     }
 TILE_VARIANTS(4)
 TILE_VARIANTS(8)
@@ -205,6 +243,12 @@ void qmatmul_avx2_prepared(const qweight *w, const qx_prep *pp, int n_tok, float
         gi[l] = (l * epl) >> k.gshift;
     k.gidx = _mm256_loadu_si256((const __m256i *)gi);
     void (*fn)(const tile_ctx *, int, int, int, float *, int, int) = w->bits == 4 ? tile_4 : tile_8;
+    void (*dfn)(const tile_ctx *, int, float *, int, enum float_dtype) = w->bits == 4 ? decode_4 : decode_8;
+    /* Decode reads scales as stored, 8 values from a chunk's first group: for rows below
+     * stored_rows those 8 lie inside the tensor; the last row or two convert instead. */
+    const size_t groups = (size_t)p.groups, total = (size_t)w->rows * groups;
+    const int stored_rows = total >= 7 ? (int)((total - 7) / groups) : 0;
+    const size_t esz = w->sdtype == DT_F32 ? 4 : 2;
 
     const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
     k.pf_off = weight_prefetch_offset(row_bytes, NR);
@@ -217,6 +261,16 @@ void qmatmul_avx2_prepared(const qweight *w, const qx_prep *pp, int n_tok, float
         for (int r = r0; r < r1; r += NR) {
             const int nr = r1 - r < NR ? r1 - r : NR;
             prefetch_tile_scales(w, r, r0, r1, NR, SCALE_PREFETCH_ROWS);
+            if (n_tok == 1 && r + nr <= stored_rows) {
+                for (int i = 0; i < NR; i++) {
+                    const size_t row = (size_t)r + (size_t)(i < nr ? i : nr - 1);
+                    k.wrow[i] = w->packed + row * row_bytes;
+                    k.srow[i] = w->scales + row * groups * esz;
+                    k.brow[i] = w->biases + row * groups * esz;
+                }
+                dfn(&k, nr, y, r, w->sdtype);
+                continue;
+            }
             for (int i = 0; i < NR; i++) {
                 const int row = r + (i < nr ? i : nr - 1);
                 float *rs = rowf + (size_t)(2 * i) * (size_t)p.gstride;
