@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #define SPIN_ITERS 8000
@@ -37,9 +38,11 @@ struct threadpool {
     pthread_cond_t cv;
     threadpool_item_fn fn;
     void *arg;
-    struct range *ranges;  /* [n] */
-    _Atomic uint64_t work; /* the generation of the current job (in the GEN_SHIFT bits) */
-    atomic_int done;
+    struct range *ranges; /* [n] */
+    /* Each on a cache line of its own: idle workers poll `work` and the caller polls `done`, so
+     * sharing a line with anything written during a job makes every write bounce between cores. */
+    _Alignas(64) _Atomic uint64_t work; /* the generation of the current job (in the GEN_SHIFT bits) */
+    _Alignas(64) atomic_int done;       /* items finished, added by each thread as it runs out */
     atomic_int sleepers;
     atomic_bool stop;
 };
@@ -117,17 +120,21 @@ static bool steal(threadpool *p, unsigned gen, int own)
 /* Claims and runs items of generation gen until none is left. */
 static void drain(threadpool *p, unsigned gen, int idx)
 {
+    int ran = 0;
     for (;;) {
         const int item = claim_front(&p->ranges[idx], gen);
         if (item < 0) {
             if (!steal(p, gen, idx))
-                return;
+                break;
             continue;
         }
-        /* The job cannot finish before this item is done, so fn and arg are still this job's. */
+        /* The job cannot finish before this thread reports its items, so fn and arg are still
+         * this job's. */
         p->fn(p->arg, item, idx);
-        atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
+        ran++;
     }
+    if (ran)
+        atomic_fetch_add_explicit(&p->done, ran, memory_order_release);
 }
 
 static void *worker_main(void *v)
@@ -165,9 +172,11 @@ threadpool *threadpool_new(int n_threads)
 {
     if (n_threads <= 0)
         n_threads = cpu_count();
-    threadpool *p = calloc(1, sizeof *p);
+    /* sizeof is a multiple of the 64-byte alignment of its members */
+    threadpool *p = aligned_alloc(_Alignof(threadpool), sizeof *p);
     if (!p)
         return NULL;
+    memset(p, 0, sizeof *p);
     p->n = n_threads;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
