@@ -254,51 +254,22 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
     k.tail_mask = p.tail_bytes == 64 ? ~(__mmask64)0 : (((__mmask64)1 << p.tail_bytes) - 1);
     tile_fn fn = w->bits == 4 ? (vnni ? tile_4_1 : tile_4_0) : (vnni ? tile_8_1 : tile_8_0);
     decode_fn dfn = w->bits == 4 ? (vnni ? decode_4_1 : decode_4_0) : (vnni ? decode_8_1 : decode_8_0);
-    /* Decode reads scales as stored, 16 values from a chunk's first group: for rows below
-     * stored_rows those 16 lie inside the tensor; the last row or two convert instead. */
-    const size_t groups = (size_t)p.groups, total = (size_t)w->rows * groups;
-    const int stored_rows = total >= 15 ? (int)((total - 15) / groups) : 0;
-    const size_t esz = w->sdtype == DT_F32 ? 4 : 2;
+    const int stored_rows = stored_scale_rows(w, 16);
 
     const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
     k.pf_off = weight_prefetch_offset(row_bytes, NR);
-    /* Keep one token block's activations in L2 while the rows stream past. */
-    size_t per_tok = p.qstride + p.dstride * sizeof(float) + (size_t)p.gstride * sizeof(float);
-    int tb = (int)((size_t)(768 * 1024) / per_tok) / 4 * 4;
-    if (tb < 4)
-        tb = 4;
+    const int tb = tile_token_block(&p);
     for (int tb0 = 0; tb0 < n_tok; tb0 += tb) {
         const int tb1 = tb0 + tb < n_tok ? tb0 + tb : n_tok;
         for (int r = r0; r < r1; r += NR) {
             const int nr = r1 - r < NR ? r1 - r : NR;
             prefetch_tile_scales(w, r, r0, r1, NR, SCALE_PREFETCH_ROWS);
             if (n_tok == 1 && r + nr <= stored_rows) {
-                for (int i = 0; i < NR; i++) {
-                    const size_t row = (size_t)r + (size_t)(i < nr ? i : nr - 1);
-                    k.wrow[i] = w->packed + row * row_bytes;
-                    k.srow[i] = w->scales + row * groups * esz;
-                    k.brow[i] = w->biases + row * groups * esz;
-                }
+                tile_rows_stored(w, r, nr, NR, k.wrow, k.srow, k.brow);
                 dfn(&k, nr, y, r, w->sdtype);
                 continue;
             }
-            for (int i = 0; i < NR; i++) {
-                const int row = r + (i < nr ? i : nr - 1);
-                float *rs = rowf + (size_t)(2 * i) * (size_t)p.gstride;
-                float *rb = rs + p.gstride;
-                if (i < nr) {
-                    convert_row(w->scales, w->sdtype, (size_t)row * (size_t)p.groups, p.groups, rs,
-                                p.gstride);
-                    convert_row(w->biases, w->sdtype, (size_t)row * (size_t)p.groups, p.groups, rb,
-                                p.gstride);
-                    k.rs[i] = rs;
-                    k.rb[i] = rb;
-                } else {
-                    k.rs[i] = k.rs[nr - 1];
-                    k.rb[i] = k.rb[nr - 1];
-                }
-                k.wrow[i] = w->packed + (size_t)row * row_bytes;
-            }
+            tile_rows_converted(w, r, nr, NR, p.gstride, rowf, convert_row, k.wrow, k.rs, k.rb);
             for (int t = tb0; t < tb1; t += 4) {
                 const int nt = tb1 - t < 4 ? tb1 - t : 4;
                 fn(&k, t, nt, nr, y, ldy, r);

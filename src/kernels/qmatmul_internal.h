@@ -90,6 +90,64 @@ static inline size_t weight_prefetch_offset(size_t row_bytes, int tile_rows)
     return off;
 }
 
+/* The tile kernels' row setup. In decode they read scales and biases as stored, `span` values from a
+ * chunk's first group at a time: rows below stored_scale_rows(w, span) have those values inside the
+ * tensor (the last row or two go through converted floats instead). */
+static inline int stored_scale_rows(const qweight *w, int span)
+{
+    const size_t groups = (size_t)(w->cols / w->group_size), total = (size_t)w->rows * groups;
+    return total >= (size_t)span - 1 ? (int)((total - (size_t)(span - 1)) / groups) : 0;
+}
+
+/* Points a tile of `tile` rows at rows [r, r + nr) (the last one repeated): weights, and scales and
+ * biases as stored. */
+static inline void tile_rows_stored(const qweight *w, int r, int nr, int tile, const uint8_t **wrow,
+                                    const uint8_t **srow, const uint8_t **brow)
+{
+    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    const size_t sbytes = (size_t)(w->cols / w->group_size) * (w->sdtype == DT_F32 ? 4 : 2);
+    for (int i = 0; i < tile; i++) {
+        const size_t row = (size_t)r + (size_t)(i < nr ? i : nr - 1);
+        wrow[i] = w->packed + row * row_bytes;
+        srow[i] = w->scales + row * sbytes;
+        brow[i] = w->biases + row * sbytes;
+    }
+}
+
+/* The same with scales and biases converted to floats by the kernel's `convert` (n values from index
+ * i0, zero padded to gstride) into buf, 2 * gstride floats per row. */
+typedef void (*scale_convert_fn)(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
+                                 int padded);
+static inline void tile_rows_converted(const qweight *w, int r, int nr, int tile, int gstride, float *buf,
+                                       scale_convert_fn convert, const uint8_t **wrow, const float **rs,
+                                       const float **rb)
+{
+    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    const int groups = w->cols / w->group_size;
+    for (int i = 0; i < tile; i++) {
+        const int row = r + (i < nr ? i : nr - 1);
+        if (i < nr) {
+            float *s = buf + (size_t)(2 * i) * (size_t)gstride;
+            convert(w->scales, w->sdtype, (size_t)row * (size_t)groups, groups, s, gstride);
+            convert(w->biases, w->sdtype, (size_t)row * (size_t)groups, groups, s + gstride, gstride);
+            rs[i] = s;
+            rb[i] = s + gstride;
+        } else {
+            rs[i] = rs[nr - 1];
+            rb[i] = rb[nr - 1];
+        }
+        wrow[i] = w->packed + (size_t)row * row_bytes;
+    }
+}
+
+/* Tokens per block in the tile kernels: one block's activations stay in L2 while the rows stream past. */
+static inline int tile_token_block(const qx_prep *p)
+{
+    const size_t per_tok = p->qstride + p->dstride * sizeof(float) + (size_t)p->gstride * sizeof(float);
+    const int tb = (int)((size_t)(768 * 1024) / per_tok) / 4 * 4;
+    return tb < 4 ? 4 : tb;
+}
+
 /* Called by a kernel before the tile of rows [r, r + tile) of its range [r0, r1): asks for the
  * scales and biases `ahead` rows further on (and, at the start, for the first `ahead` rows). */
 static inline void prefetch_tile_scales(const qweight *w, int r, int r0, int r1, int tile, int ahead)
