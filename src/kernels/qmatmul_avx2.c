@@ -22,37 +22,6 @@ typedef struct tile_ctx {
     size_t pf_off; /* bytes from a row chunk to the one prefetched (weight_prefetch_offset) */
 } tile_ctx;
 
-static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
-                        int padded)
-{
-    int i = 0;
-    if (dt == DT_F16) {
-        const uint8_t *s = src + i0 * 2;
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + (size_t)i * 2))));
-    } else if (dt == DT_BF16) {
-        const uint8_t *s = src + i0 * 2;
-        for (; i + 8 <= n; i += 8) {
-            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + (size_t)i * 2)));
-            _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
-        }
-    } else {
-        const uint8_t *s = src + i0 * 4;
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, _mm256_loadu_ps((const float *)(s + (size_t)i * 4)));
-    }
-    if (i < n) {
-        /* the last partial vector goes through a zeroed copy: never read past the tensor */
-        const size_t esz = dt == DT_F32 ? 4 : 2;
-        _Alignas(64) uint8_t tmp[8 * 4] = {0};
-        memcpy(tmp, src + (i0 + (size_t)i) * esz, (size_t)(n - i) * esz);
-        convert_row(tmp, dt, 0, 8, dst + i, 8);
-        i += 8;
-    }
-    for (; i < padded; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
-}
-
 /* 8 scale/bias values as stored (dtype dt), as floats; all 8 must lie inside the tensor. */
 static inline __attribute__((always_inline)) __m256 load8_stored(const uint8_t *src, const int dt)
 {
@@ -69,6 +38,23 @@ static inline __attribute__((always_inline)) __m256 load8_stored_part(const uint
     uint8_t tmp[32] = {0};
     memcpy(tmp, src, (size_t)n * (dt == DT_F32 ? 4 : 2));
     return load8_stored(tmp, dt);
+}
+
+/* Converts n scale/bias values starting at index i0 to floats, then zero pads to `padded`; the last
+ * partial vector goes through a zeroed copy, so nothing past the tensor is read. */
+static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
+                        int padded)
+{
+    const size_t esz = dt == DT_F32 ? 4 : 2;
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, load8_stored(src + (i0 + (size_t)i) * esz, dt));
+    if (i < n) {
+        _mm256_storeu_ps(dst + i, load8_stored_part(src + (i0 + (size_t)i) * esz, dt, n - i));
+        i += 8;
+    }
+    for (; i < padded; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
 }
 
 static inline __attribute__((always_inline)) __m256i dot_chunk(__m256i lo, __m256i hi, __m256i ql,

@@ -25,28 +25,6 @@ typedef struct tile_ctx {
     size_t pf_off; /* bytes from a row chunk to the one prefetched (weight_prefetch_offset) */
 } tile_ctx;
 
-/* Converts n scale/bias values starting at index i0 to floats, then zero pads to `padded` (a multiple
- * of 16, at least n + 16) so that vector loads past the end read zeros. Masked loads never touch
- * bytes past the tensor. */
-static inline void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
-                               int padded)
-{
-    for (int i = 0; i < padded; i += 16) {
-        const int left = n - i;
-        const __mmask16 m = left >= 16 ? (__mmask16)0xffff
-                                       : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
-        __m512 v;
-        if (dt == DT_F16)
-            v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src + (i0 + (size_t)i) * 2));
-        else if (dt == DT_BF16)
-            v = _mm512_castsi512_ps(_mm512_slli_epi32(
-                _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src + (i0 + (size_t)i) * 2)), 16));
-        else
-            v = _mm512_maskz_loadu_ps(m, src + (i0 + (size_t)i) * 4);
-        _mm512_storeu_ps(dst + i, v);
-    }
-}
-
 /* 16 scale/bias values as stored (dtype dt), as floats; `mask` selects the values read. */
 static inline __attribute__((always_inline)) __m512 load16_stored(const uint8_t *src, const int dt,
                                                                   __mmask16 mask)
@@ -66,6 +44,21 @@ static inline __attribute__((always_inline)) __m128 load4_stored(const uint8_t *
     if (dt == DT_BF16)
         return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)src)), 16));
     return _mm_loadu_ps((const float *)src);
+}
+
+/* Converts n scale/bias values starting at index i0 to floats, then zero pads to `padded` (a multiple
+ * of 16, at least n + 16) so that vector loads past the end read zeros. Masked loads never touch
+ * bytes past the tensor. */
+static inline void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
+                               int padded)
+{
+    const size_t esz = dt == DT_F32 ? 4 : 2;
+    for (int i = 0; i < padded; i += 16) {
+        const int left = n - i;
+        const __mmask16 m = left >= 16 ? (__mmask16)0xffff
+                                       : left > 0 ? (__mmask16)((1u << left) - 1) : (__mmask16)0;
+        _mm512_storeu_ps(dst + i, load16_stored(src + (i0 + (size_t)i) * esz, dt, m));
+    }
 }
 
 static inline __attribute__((always_inline)) __m512i dot_chunk(__m512i lo, __m512i hi, __m512i ql,
