@@ -285,7 +285,7 @@ int main(int argc, char **argv)
     /* Paired: a bandwidth pass of each kind right before every PAIR_TOKENS decode tokens, each step
      * against its own roofline. The host's bandwidth drifts by 2x within minutes; pairs taken a
      * tenth of a second apart see the same conditions. */
-    const double wbytes_tok = (double)model_weight_bytes(m);
+    const double wbytes = (double)model_weight_bytes(m);
     double *pair_ratio = malloc((size_t)n_pairs * sizeof *pair_ratio);
     int pairs = 0;
     for (int i = 0; i < n_pairs && pair_ratio; i++) {
@@ -300,7 +300,7 @@ int main(int argc, char **argv)
         }
         const double tps = PAIR_TOKENS / (now_s() - ti);
         if (pass > 0)
-            pair_ratio[pairs++] = tps / (pass * 1e9 / wbytes_tok);
+            pair_ratio[pairs++] = tps / (pass * 1e9 / wbytes);
     }
     bw_stop(&bwc);
     double paired = 0, paired_lo = 0, paired_hi = 0;
@@ -315,7 +315,6 @@ int main(int argc, char **argv)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double rss = (double)ru.ru_maxrss * 1024.0;
-    double wbytes = (double)model_weight_bytes(m);
     double files = (double)file_bytes_in(dir);
     double kv = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * 4.0 * n_ctx;
     double decode_tps = n_gen / t_decode, prefill_tps = n_prompt / t_prefill;
