@@ -10,6 +10,7 @@
 
 #define CB 32
 #define NR 2
+_Static_assert(NR * CB == 64, "a row step of a tile reads one cache line");
 
 typedef struct tile_ctx {
     const qx_prep *p;
@@ -90,8 +91,10 @@ chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, co
         } else {
             v = _mm256_loadu_si256((const __m256i *)src);
         }
-        /* whole tiles ahead, as in the AVX-512 kernel; a prefetch never faults */
-        _mm_prefetch((const char *)src + k->pf_off, _MM_HINT_T0);
+        /* whole tiles ahead in address order, as in the AVX-512 kernel: a row step reads NR * CB
+         * = 64 bytes, one line; a prefetch never faults */
+        if (i == 0)
+            _mm_prefetch((const char *)k->wrow[0] + k->pf_off + (size_t)c * NR * CB, _MM_HINT_T0);
         lo[i] = _mm256_and_si256(v, m4);
         hi[i] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         /* sdt >= 0 (decode): straight from the stored scales, as in the AVX-512 kernel */

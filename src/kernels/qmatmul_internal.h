@@ -75,8 +75,9 @@ static inline void prefetch_row_scales(const qweight *w, int row, int n)
  * near enough to be still in L1 when used (from further ahead the streaming weights evict them). */
 #define SCALE_PREFETCH_ROWS 8
 
-/* Distance, in bytes, from a weight chunk to the one the tile kernels prefetch: the same chunk of a
- * row whole tiles ahead, at least WEIGHT_PREFETCH_MIN bytes on. One tile ahead is too close when rows
+/* Distance, in bytes, from a tile's first weight byte to the bytes the tile kernels prefetch while
+ * they run it (in address order, as many lines per row step as the step reads): whole tiles ahead,
+ * at least WEIGHT_PREFETCH_MIN bytes on. One tile ahead is too close when rows
  * are short (a 4-row tile of 1 KB rows is done before the prefetch of the next arrives): in paired
  * single-thread runs on 2048-column rows, 8 KB ahead decoded 8-15% faster than 4 KB; rows of 1.75 KB
  * and more (7 KB tiles) were not helped by going further. */
