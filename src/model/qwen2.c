@@ -9,10 +9,11 @@
 #include "model/model_internal.h"
 #include "model/vector_isa.h"
 
-static void attend_group_generic(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                                 float scale, float *scores, float *out)
+static void attend_queries_generic(const float *q, size_t q_stride, int nq, int ng, const float *kt,
+                                   const float *vc, int n_keys0, int D, float scale, float *scores, float *out,
+                                   size_t out_stride)
 {
-    attend_group(q, ng, kt, vc, n_keys, D, scale, scores, out);
+    attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);
 }
 
 static void silu_mul_generic(float *g, const float *u, int n) { v16_silu_mul_span(g, u, n); }
@@ -21,7 +22,7 @@ static void silu_mul_generic(float *g, const float *u, int n) { v16_silu_mul_spa
  * (tests). */
 void qwen2_setup(model *m)
 {
-    m->attend = attend_group_generic;
+    m->attend = attend_queries_generic;
     m->silu_mul = silu_mul_generic;
 #if defined(__x86_64__)
     const char *want = getenv("PUNIE_VECTOR");
@@ -31,10 +32,10 @@ void qwen2_setup(model *m)
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
         return;
     if (__builtin_cpu_supports("avx512f")) {
-        m->attend = attend_group_avx512;
+        m->attend = attend_queries_avx512;
         m->silu_mul = silu_mul_avx512;
     } else {
-        m->attend = attend_group_avx2;
+        m->attend = attend_queries_avx2;
         m->silu_mul = silu_mul_avx2;
     }
 #endif
@@ -57,7 +58,7 @@ struct model_ctx {
     float *proj;         /* [chunk][H] output of o_proj / down_proj */
     float *gate, *up;    /* [chunk][I] */
     float *rope_cos, *rope_sin; /* [chunk][D/2] */
-    float *scores;       /* [n_threads][heads per kv head][n_ctx_pad] */
+    float *scores;       /* [n_threads][ATT_QUERIES][heads per kv head][n_ctx_pad] */
     float *last_norm;    /* [H] */
 };
 
@@ -185,7 +186,10 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half)
     }
 }
 
-/* ---- attention, parallel over (kv head, query) pairs ---- */
+/* ---- attention, parallel over (kv head, run of ATT_QUERIES queries) pairs ---- */
+
+/* Queries attended together: each key block and value chunk is read once for all of them. */
+#define ATT_QUERIES 8
 
 struct att_task {
     model_ctx *c;
@@ -200,16 +204,18 @@ static void att_item(void *arg, int it, int t)
     const int D = cfg->head_dim, nh = cfg->n_heads, nkv = cfg->n_kv_heads;
     const int group = nh / nkv;
     const float scale = 1.0f / sqrtf((float)D);
-    float *scores = c->scores + (size_t)t * (size_t)group * (size_t)c->n_ctx_pad;
+    float *scores = c->scores + (size_t)t * ATT_QUERIES * (size_t)group * (size_t)c->n_ctx_pad;
     /* later queries see more keys: hand them out first so the last items are the short ones */
-    int g = it % nkv, j = a->n_tok - 1 - it / nkv;
-    int n_keys = a->pos0 + j + 1; /* causal: keys 0..pos */
+    const int runs = (a->n_tok + ATT_QUERIES - 1) / ATT_QUERIES;
+    const int g = it % nkv, j0 = (runs - 1 - it / nkv) * ATT_QUERIES;
+    const int nq = a->n_tok - j0 < ATT_QUERIES ? a->n_tok - j0 : ATT_QUERIES;
     const size_t head_kv = (size_t)a->layer * nkv + (size_t)g;
-    const float *q = c->q + (size_t)j * nh * D + (size_t)g * group * D;
+    const float *q = c->q + (size_t)j0 * nh * D + (size_t)g * group * D;
     const float *kt = c->k_cache + head_kv * (size_t)c->n_ctx_pad * D;
     const float *vc = c->v_cache + head_kv * (size_t)c->n_ctx * D;
-    float *out = c->att + (size_t)j * nh * D + (size_t)g * group * D;
-    c->m->attend(q, group, kt, vc, n_keys, D, scale, scores, out);
+    float *out = c->att + (size_t)j0 * nh * D + (size_t)g * group * D;
+    /* causal: query j0 + j sees keys 0 .. pos0 + j0 + j */
+    c->m->attend(q, (size_t)nh * D, nq, group, kt, vc, a->pos0 + j0 + 1, D, scale, scores, out, (size_t)nh * D);
 }
 
 /* ---- context ---- */
@@ -244,7 +250,7 @@ int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
     c->up = malloc(ch * I * sizeof(float));
     c->rope_cos = malloc(ch * (D / 2) * sizeof(float));
     c->rope_sin = malloc(ch * (D / 2) * sizeof(float));
-    c->scores = malloc((size_t)threadpool_size(m->pool) * (size_t)(cfg->n_heads / cfg->n_kv_heads) *
+    c->scores = malloc((size_t)threadpool_size(m->pool) * ATT_QUERIES * (size_t)(cfg->n_heads / cfg->n_kv_heads) *
                        (size_t)c->n_ctx_pad * sizeof(float));
     c->last_norm = malloc(H * sizeof(float));
     if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj ||
@@ -342,7 +348,7 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
         }
 
         struct att_task at = {.c = c, .layer = l, .n_tok = n, .pos0 = pos0};
-        threadpool_for(m->pool, att_item, &at, nkv * n);
+        threadpool_for(m->pool, att_item, &at, nkv * ((n + ATT_QUERIES - 1) / ATT_QUERIES));
 
         matmul1(m, &L->wo, c->att, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)

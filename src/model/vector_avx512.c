@@ -2,10 +2,10 @@
 #include "model/attention_impl.h"
 #include "model/vector_isa.h"
 
-void attend_group_avx512(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D,
-                        float scale, float *scores, float *out)
+void attend_queries_avx512(const float *q, size_t q_stride, int nq, int ng, const float *kt, const float *vc,
+                           int n_keys0, int D, float scale, float *scores, float *out, size_t out_stride)
 {
-    attend_group(q, ng, kt, vc, n_keys, D, scale, scores, out);
+    attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);
 }
 
 void silu_mul_avx512(float *g, const float *u, int n) { v16_silu_mul_span(g, u, n); }

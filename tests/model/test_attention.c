@@ -1,7 +1,8 @@
 /* Grouped attention (src/model/attention_impl.h) in every build this CPU runs, against a
  * straightforward double-precision softmax attention: odd key counts (partial key blocks), head
- * groups of 1 to 11 (fewer and more than the 8 computed together), head sizes with and without a
- * tail past the 32-wide value blocks. Also the vector exp and SwiGLU's silu against exp(). */
+ * groups of 1 to 11 (fewer and more than the 8 computed together; 5 to 8 have code of their own),
+ * head sizes with and without a tail past the wide value blocks, runs of 1 to 9 causal queries
+ * (each must get exactly what it gets alone), key counts across value chunks. Also the vector exp and SwiGLU's silu against exp(). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,10 +13,10 @@
 #include "model/attention_impl.h"
 #include "model/vector_isa.h"
 
-static void portable(const float *q, int ng, const float *kt, const float *vc, int n_keys, int D, float scale,
-                     float *scores, float *out)
+static void portable(const float *q, size_t q_stride, int nq, int ng, const float *kt, const float *vc,
+                     int n_keys0, int D, float scale, float *scores, float *out, size_t out_stride)
 {
-    attend_group(q, ng, kt, vc, n_keys, D, scale, scores, out);
+    attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);
 }
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -56,44 +57,61 @@ static void check_build(const char *name, attend_fn fn)
 {
     static const int dims[] = {64, 80, 128};
     static const int keys[] = {1, 15, 16, 17, 100, 333};
+    static const int runs[] = {1, 3, 9};
     int cases = 0;
+    static const int groups[] = {1, 3, 5, 6, 7, 8, 9, 11};
     for (int di = 0; di < 3; di++)
-        for (int ng = 1; ng <= 11; ng += 2)
-            for (int ki = 0; ki < 6; ki++) {
-                const int D = dims[di], n_keys = keys[ki], nb = (n_keys + ATT_KB - 1) / ATT_KB;
-                float *q = malloc(sizeof(float) * (size_t)ng * D), *k = malloc(sizeof(float) * (size_t)n_keys * D);
-                float *v = malloc(sizeof(float) * (size_t)n_keys * D);
-                /* transposed blocks; the lanes past n_keys hold garbage that must not matter */
-                float *kt = malloc(sizeof(float) * (size_t)nb * ATT_KB * D);
-                float *scores = malloc(sizeof(float) * (size_t)ng * nb * ATT_KB);
-                float *out = malloc(sizeof(float) * (size_t)ng * D);
-                double *want = malloc(sizeof(double) * (size_t)ng * D);
-                for (int i = 0; i < ng * D; i++)
-                    q[i] = 3 * frand();
-                for (int i = 0; i < n_keys * D; i++) {
-                    k[i] = 3 * frand();
-                    v[i] = frand();
+        for (int gi = 0; gi < 8; gi++)
+            for (int ki = 0; ki < 6; ki++)
+                for (int ri = 0; ri < 3; ri++) {
+                    const int ng = groups[gi];
+                    /* query j of the run sees the first n_keys + j keys */
+                    const int D = dims[di], n_keys = keys[ki], nq = runs[ri], nk_max = n_keys + nq - 1;
+                    const int nb = (nk_max + ATT_KB - 1) / ATT_KB;
+                    const size_t qs = (size_t)ng * D + 3; /* strides unlike the head block: checks their use */
+                    float *q = malloc(sizeof(float) * qs * nq), *k = malloc(sizeof(float) * (size_t)nk_max * D);
+                    float *v = malloc(sizeof(float) * (size_t)nk_max * D);
+                    /* transposed blocks; the lanes past a query's keys hold garbage or later keys */
+                    float *kt = malloc(sizeof(float) * (size_t)nb * ATT_KB * D);
+                    float *scores = malloc(sizeof(float) * (size_t)nq * ng * nb * ATT_KB);
+                    float *out = malloc(sizeof(float) * qs * nq), *alone = malloc(sizeof(float) * (size_t)ng * D);
+                    double *want = malloc(sizeof(double) * (size_t)ng * D);
+                    for (size_t i = 0; i < qs * nq; i++)
+                        q[i] = 3 * frand();
+                    for (int i = 0; i < nk_max * D; i++) {
+                        k[i] = 3 * frand();
+                        v[i] = frand();
+                    }
+                    for (int i = 0; i < nb * ATT_KB * D; i++)
+                        kt[i] = 1e30f * frand();
+                    for (int s = 0; s < nk_max; s++)
+                        for (int i = 0; i < D; i++)
+                            kt[((size_t)(s / ATT_KB) * D + (size_t)i) * ATT_KB + (size_t)(s % ATT_KB)] =
+                                k[(size_t)s * D + i];
+                    const float scale = 1.0f / sqrtf((float)D);
+                    fn(q, qs, nq, ng, kt, v, n_keys, D, scale, scores, out, qs);
+                    for (int j = 0; j < nq; j++) {
+                        const float *qj = q + (size_t)j * qs, *oj = out + (size_t)j * qs;
+                        reference(qj, ng, k, v, n_keys + j, D, scale, want);
+                        for (int i = 0; i < ng * D; i++)
+                            CHECK(fabs(oj[i] - want[i]) < 2e-5,
+                                  "%s: D=%d heads=%d keys=%d query %d of %d: out[%d] = %.8g, want %.8g", name, D, ng,
+                                  n_keys + j, j, nq, i, oj[i], want[i]);
+                        fn(qj, qs, 1, ng, kt, v, n_keys + j, D, scale, scores, alone, qs);
+                        CHECK(memcmp(alone, oj, sizeof(float) * (size_t)ng * D) == 0,
+                              "%s: D=%d heads=%d keys=%d: query %d of a run of %d differs from the query alone",
+                              name, D, ng, n_keys + j, j, nq);
+                    }
+                    cases++;
+                    free(q);
+                    free(k);
+                    free(v);
+                    free(kt);
+                    free(scores);
+                    free(out);
+                    free(alone);
+                    free(want);
                 }
-                for (int i = 0; i < nb * ATT_KB * D; i++)
-                    kt[i] = 1e30f * frand();
-                for (int s = 0; s < n_keys; s++)
-                    for (int i = 0; i < D; i++)
-                        kt[((size_t)(s / ATT_KB) * D + (size_t)i) * ATT_KB + (size_t)(s % ATT_KB)] = k[(size_t)s * D + i];
-                const float scale = 1.0f / sqrtf((float)D);
-                fn(q, ng, kt, v, n_keys, D, scale, scores, out);
-                reference(q, ng, k, v, n_keys, D, scale, want);
-                for (int i = 0; i < ng * D; i++)
-                    CHECK(fabs(out[i] - want[i]) < 2e-5, "%s: D=%d heads=%d keys=%d out[%d] = %.8g, want %.8g", name,
-                          D, ng, n_keys, i, out[i], want[i]);
-                cases++;
-                free(q);
-                free(k);
-                free(v);
-                free(kt);
-                free(scores);
-                free(out);
-                free(want);
-            }
     printf("%-8s %d cases\n", name, cases);
 }
 
@@ -156,11 +174,11 @@ int main(void)
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        check_build("avx2", attend_group_avx2);
+        check_build("avx2", attend_queries_avx2);
         check_silu_span("avx2", silu_mul_avx2);
     }
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        check_build("avx512", attend_group_avx512);
+        check_build("avx512", attend_queries_avx512);
         check_silu_span("avx512", silu_mul_avx512);
     }
 #endif
