@@ -71,28 +71,18 @@ static inline __attribute__((always_inline)) void att_scores_blocks(const float 
 #pragma GCC unroll 8
         for (int h = 0; h < ATT_HMAX; h++)
             acc[b][h] = (v16){0};
-    if (DC && HN) {
-        for (int d = 0; d < Dk; d++) {
-#pragma GCC unroll 2
-            for (int b = 0; b < NKB; b++) {
-                const v16 k = v16_load(kb + ((size_t)b * Dk + (size_t)d) * ATT_KB);
+    const int heads = HN ? HN : hn;
+    size_t off[ATT_HMAX]; /* constants when DC and HN are */
 #pragma GCC unroll 8
-                for (int h = 0; h < ATT_HMAX; h++)
-                    acc[b][h] += q[(size_t)(h < HN ? h : 0) * Dk + (size_t)d] * k;
-            }
-        }
-    } else {
-        const float *qh[ATT_HMAX];
-        for (int h = 0; h < ATT_HMAX; h++)
-            qh[h] = q + (size_t)(h < hn ? h : 0) * Dk;
-        for (int d = 0; d < Dk; d++) {
+    for (int h = 0; h < ATT_HMAX; h++)
+        off[h] = (size_t)(h < heads ? h : 0) * (size_t)Dk;
+    for (int d = 0; d < Dk; d++) {
 #pragma GCC unroll 2
-            for (int b = 0; b < NKB; b++) {
-                const v16 k = v16_load(kb + ((size_t)b * Dk + (size_t)d) * ATT_KB);
+        for (int b = 0; b < NKB; b++) {
+            const v16 k = v16_load(kb + ((size_t)b * Dk + (size_t)d) * ATT_KB);
 #pragma GCC unroll 8
-                for (int h = 0; h < ATT_HMAX; h++)
-                    acc[b][h] += qh[h][d] * k;
-            }
+            for (int h = 0; h < ATT_HMAX; h++)
+                acc[b][h] += q[off[h] + (size_t)d] * k;
         }
     }
     for (int b = 0; b < NKB; b++)
