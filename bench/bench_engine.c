@@ -316,7 +316,7 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru);
     double rss = (double)ru.ru_maxrss * 1024.0;
     double files = (double)file_bytes_in(dir);
-    double kv = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * 4.0 * n_ctx;
+    double kv = (double)c->n_layers * 2.0 * c->n_kv_heads * c->head_dim * 2.0 * n_ctx; /* half floats */
     double decode_tps = n_gen / t_decode, prefill_tps = n_prompt / t_prefill;
     double roofline = bw * 1e9 / wbytes;
 

@@ -1,6 +1,7 @@
 /* Attention of the query heads that share one key/value head, for a run of consecutive query
- * positions (causal softmax, float32). Included by qwen2.c (portable build), vector_avx2.c and vector_avx512.c,
- * which compile the same source for different instruction sets (vector_isa.h).
+ * positions (causal softmax; float32 arithmetic on a half-precision KV cache). Included by qwen2.c
+ * (portable build), vector_avx2.c and vector_avx512.c, which compile the same source for different
+ * instruction sets (vector_isa.h).
  *
  * Grouped-query attention gives every cached key to several query heads (8 in the 3B model), so the
  * heads of a group are computed together: each key and value is read once for all of them. Keys are
@@ -18,8 +19,8 @@
 #include "model/vec16.h"
 
 #define ATT_KB 16   /* keys per transposed block */
-/* With 32 vector registers of 16 floats (AVX-512), scores take two key blocks and values eight
- * heads at a time (16 accumulators); narrower builds keep 8, which their registers hold. */
+/* With 32 vector registers of 16 floats (AVX-512), scores take two key blocks and values 64
+ * dimensions at a time (16 accumulators); narrower builds keep 8, which their registers hold. */
 #if defined(__AVX512F__)
 #define ATT_WIDE 1
 #else
@@ -60,7 +61,7 @@ static inline void att_softmax(float *s, int n_keys)
  * 0 (a fixed count keeps the accumulators in registers); not stored. DC and HN are D and hn when the
  * caller knows them at compile time (0 otherwise): the heads' queries are then constant offsets from
  * one register instead of eight pointers, which the compiler otherwise spills. */
-static inline __attribute__((always_inline)) void att_scores_blocks(const float *q, int hn, int D, const float *kb,
+static inline __attribute__((always_inline)) void att_scores_blocks(const float *q, int hn, int D, const uint16_t *kb,
                                                                     float scale, float *s, size_t stride,
                                                                     const int NKB, const int DC, const int HN)
 {
@@ -79,7 +80,7 @@ static inline __attribute__((always_inline)) void att_scores_blocks(const float 
     for (int d = 0; d < Dk; d++) {
 #pragma GCC unroll 2
         for (int b = 0; b < NKB; b++) {
-            const v16 k = v16_load(kb + ((size_t)b * Dk + (size_t)d) * ATT_KB);
+            const v16 k = v16_load_half(kb + ((size_t)b * Dk + (size_t)d) * ATT_KB);
 #pragma GCC unroll 8
             for (int h = 0; h < ATT_HMAX; h++)
                 acc[b][h] += q[off[h] + (size_t)d] * k;
@@ -94,7 +95,7 @@ static inline __attribute__((always_inline)) void att_scores_blocks(const float 
  * heads repeat head 0 and are not stored) and the NV * 16 dimensions from i0; out starts from 0 when
  * s0 == 0. Keys are added in order one at a time, so a run of key ranges sums exactly as one range. */
 static inline __attribute__((always_inline)) void att_values_block(const float *p, size_t stride, int hn,
-                                                                   const float *vc, int s0, int s1, int D,
+                                                                   const uint16_t *vc, int s0, int s1, int D,
                                                                    int i0, float *out, const int NV)
 {
     const float *ph[4];
@@ -107,11 +108,11 @@ static inline __attribute__((always_inline)) void att_values_block(const float *
         for (int v = 0; v < NV; v++)
             a[h][v] = s0 == 0 ? (v16){0} : v16_load(out + (size_t)(h < hn ? h : 0) * D + i0 + 16 * v);
     for (int s = s0; s < s1; s++) {
-        const float *vs = vc + (size_t)s * D + i0;
+        const uint16_t *vs = vc + (size_t)s * D + i0;
         v16 x[4];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; v++)
-            x[v] = v16_load(vs + 16 * v);
+            x[v] = v16_load_half(vs + 16 * v);
 #pragma GCC unroll 4
         for (int h = 0; h < 4; h++) {
             const float w = ph[h][s];
@@ -127,7 +128,7 @@ static inline __attribute__((always_inline)) void att_values_block(const float *
 
 /* The same for all D dimensions: wide blocks (16 accumulators with AVX-512's 32 registers, 8 in
  * narrower builds), then 16 at a time, then one by one. */
-static inline void att_values4(const float *p, size_t stride, int hn, const float *vc, int s0, int s1, int D,
+static inline void att_values4(const float *p, size_t stride, int hn, const uint16_t *vc, int s0, int s1, int D,
                                float *out)
 {
     const int wide = ATT_WIDE ? 4 : 2;
@@ -144,12 +145,12 @@ static inline void att_values4(const float *p, size_t stride, int hn, const floa
         for (int h = 0; h < hn; h++) {
             float acc = s0 == 0 ? 0.0f : out[(size_t)h * D + i0];
             for (int s = s0; s < s1; s++)
-                acc += p[(size_t)h * stride + (size_t)s] * vc[(size_t)s * D + i0];
+                acc += p[(size_t)h * stride + (size_t)s] * half_to_float(vc[(size_t)s * D + i0]);
             out[(size_t)h * D + i0] = acc;
         }
 }
 
-#define ATT_VCHUNK 64 /* keys per value chunk: 32 KB of values (head size 128) */
+#define ATT_VCHUNK 64 /* keys per value chunk: 16 KB of values (head size 128) */
 
 /* floats of one head's scores for n_keys keys: whole key blocks */
 static inline size_t att_key_span(int n_keys) { return (size_t)(n_keys + ATT_KB - 1) / ATT_KB * ATT_KB; }
@@ -160,8 +161,8 @@ static inline size_t att_key_span(int n_keys) { return (size_t)(n_keys + ATT_KB 
  * att_key_span(n_keys0 + nq - 1) floats. Each key block and value chunk is read from memory once
  * for all nq queries (from L1/L2 for the others): with one query at a time, a long prompt streamed
  * the whole cache from L3 for every position. Every query's result is the one it gets alone. */
-static inline void attend_queries(const float *q, size_t q_stride, int nq, int ng, const float *kt,
-                                  const float *vc, int n_keys0, int D, float scale, float *scores, float *out,
+static inline void attend_queries(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt,
+                                  const uint16_t *vc, int n_keys0, int D, float scale, float *scores, float *out,
                                   size_t out_stride)
 {
     const int nk_max = n_keys0 + nq - 1;
@@ -177,7 +178,7 @@ static inline void attend_queries(const float *q, size_t q_stride, int nq, int n
                 const int hn = ng - h0 < ATT_HMAX ? ng - h0 : ATT_HMAX;
                 const float *qj = q + (size_t)j * q_stride + (size_t)h0 * D;
                 float *sj = scores + ((size_t)j * ng + (size_t)h0) * span + (size_t)b * ATT_KB;
-                const float *kb = kt + (size_t)b * D * ATT_KB;
+                const uint16_t *kb = kt + (size_t)b * D * ATT_KB;
                 const int two = step == 2 && b + 1 < nb;
                 /* Qwen2.5's head size and groups of 5 to 8 heads (0.5B to 32B) at compile time */
 #define ATT_SCORES(NKB, DC, HN) att_scores_blocks(qj, hn, D, kb, scale, sj, span, NKB, DC, HN)

@@ -29,8 +29,8 @@ size_t model_weight_bytes(const model *m); /* bytes of weights read per generate
  * (each uses the model's thread pool in turn). */
 typedef struct model_ctx model_ctx;
 
-/* n_ctx <= 0 or beyond max_position_embeddings: max_position_embeddings. The KV cache is float32,
- * allocated up front (layers * 2 * kv_heads * head_dim * 4 bytes per token). */
+/* n_ctx <= 0 or beyond max_position_embeddings: max_position_embeddings. The KV cache holds IEEE
+ * half floats, allocated up front (layers * 2 * kv_heads * head_dim * 2 bytes per token). */
 int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err);
 void model_ctx_free(model_ctx *c);
 int model_ctx_n_ctx(const model_ctx *c);

@@ -29,7 +29,7 @@ struct model {
     pthread_mutex_t pool_lock;     /* one context evaluates at a time */
     size_t weight_bytes;
     /* vector code picked for the CPU by qwen2_setup */
-    void (*attend)(const float *q, size_t q_stride, int nq, int ng, const float *kt, const float *vc,
+    void (*attend)(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt, const uint16_t *vc,
                    int n_keys0, int D, float scale, float *scores, float *out,
                    size_t out_stride); /* attend_queries for this CPU */
     void (*silu_mul)(float *g, const float *u, int n); /* v16_silu_mul_span for this CPU */

@@ -9,8 +9,8 @@
 #include "model/model_internal.h"
 #include "model/vector_isa.h"
 
-static void attend_queries_generic(const float *q, size_t q_stride, int nq, int ng, const float *kt,
-                                   const float *vc, int n_keys0, int D, float scale, float *scores, float *out,
+static void attend_queries_generic(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt,
+                                   const uint16_t *vc, int n_keys0, int D, float scale, float *scores, float *out,
                                    size_t out_stride)
 {
     attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);
@@ -48,8 +48,10 @@ struct model_ctx {
     model *m;
     int n_ctx, pos, chunk;
     int n_ctx_pad;            /* n_ctx rounded up to whole key blocks */
-    float *k_cache;           /* [layer][kv_head][n_ctx_pad / ATT_KB][head_dim][ATT_KB] (transposed blocks) */
-    float *v_cache;           /* [layer][kv_head][n_ctx][head_dim] */
+    /* the KV cache, in half precision (half the memory and the bandwidth of float; keys and values
+     * are rounded once, to 11 significant bits) */
+    uint16_t *k_cache;        /* [layer][kv_head][n_ctx_pad / ATT_KB][head_dim][ATT_KB] (transposed blocks) */
+    uint16_t *v_cache;        /* [layer][kv_head][n_ctx][head_dim] */
     /* per-chunk activations */
     float *x;            /* [chunk][H] residual stream */
     float *xn;           /* [chunk][H] normalised input of a block */
@@ -211,8 +213,8 @@ static void att_item(void *arg, int it, int t)
     const int nq = a->n_tok - j0 < ATT_QUERIES ? a->n_tok - j0 : ATT_QUERIES;
     const size_t head_kv = (size_t)a->layer * nkv + (size_t)g;
     const float *q = c->q + (size_t)j0 * nh * D + (size_t)g * group * D;
-    const float *kt = c->k_cache + head_kv * (size_t)c->n_ctx_pad * D;
-    const float *vc = c->v_cache + head_kv * (size_t)c->n_ctx * D;
+    const uint16_t *kt = c->k_cache + head_kv * (size_t)c->n_ctx_pad * D;
+    const uint16_t *vc = c->v_cache + head_kv * (size_t)c->n_ctx * D;
     float *out = c->att + (size_t)j0 * nh * D + (size_t)g * group * D;
     /* causal: query j0 + j sees keys 0 .. pos0 + j0 + j */
     c->m->attend(q, (size_t)nh * D, nq, group, kt, vc, a->pos0 + j0 + 1, D, scale, scores, out, (size_t)nh * D);
@@ -237,8 +239,8 @@ int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
     c->n_ctx_pad = (n_ctx + ATT_KB - 1) / ATT_KB * ATT_KB;
     const size_t kv = (size_t)cfg->n_layers * kvd * (size_t)n_ctx;
     /* zeroed: the lanes of a key block past the last position are read (and their scores dropped) */
-    c->k_cache = calloc((size_t)cfg->n_layers * kvd * (size_t)c->n_ctx_pad, sizeof(float));
-    c->v_cache = malloc(kv * sizeof(float));
+    c->k_cache = calloc((size_t)cfg->n_layers * kvd * (size_t)c->n_ctx_pad, sizeof *c->k_cache);
+    c->v_cache = malloc(kv * sizeof *c->v_cache);
     c->x = malloc(ch * H * sizeof(float));
     c->xn = malloc(ch * H * sizeof(float));
     c->q = malloc(ch * qd * sizeof(float));
@@ -338,12 +340,13 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
             for (int g = 0; g < nkv; g++) {
                 rope_apply(k + (size_t)g * D, cs, sn, half);
                 const size_t head_kv = (size_t)l * nkv + (size_t)g;
-                float *kb = c->k_cache + (head_kv * (size_t)c->n_ctx_pad + (size_t)(p / ATT_KB) * ATT_KB) * D +
-                            (size_t)(p % ATT_KB);
-                for (int d = 0; d < D; d++)
-                    kb[(size_t)d * ATT_KB] = k[(size_t)g * D + d];
-                memcpy(c->v_cache + (head_kv * (size_t)c->n_ctx + (size_t)p) * D, v + (size_t)g * D,
-                       (size_t)D * sizeof(float));
+                uint16_t *kb = c->k_cache + (head_kv * (size_t)c->n_ctx_pad + (size_t)(p / ATT_KB) * ATT_KB) * D +
+                               (size_t)(p % ATT_KB);
+                uint16_t *vb = c->v_cache + (head_kv * (size_t)c->n_ctx + (size_t)p) * D;
+                for (int d = 0; d < D; d++) {
+                    kb[(size_t)d * ATT_KB] = float_to_half(k[(size_t)g * D + d]);
+                    vb[d] = float_to_half(v[(size_t)g * D + d]);
+                }
             }
         }
 

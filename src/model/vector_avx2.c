@@ -2,7 +2,7 @@
 #include "model/attention_impl.h"
 #include "model/vector_isa.h"
 
-void attend_queries_avx2(const float *q, size_t q_stride, int nq, int ng, const float *kt, const float *vc,
+void attend_queries_avx2(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt, const uint16_t *vc,
                          int n_keys0, int D, float scale, float *scores, float *out, size_t out_stride)
 {
     attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);

@@ -13,7 +13,7 @@
 #include "model/attention_impl.h"
 #include "model/vector_isa.h"
 
-static void portable(const float *q, size_t q_stride, int nq, int ng, const float *kt, const float *vc,
+static void portable(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt, const uint16_t *vc,
                      int n_keys0, int D, float scale, float *scores, float *out, size_t out_stride)
 {
     attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);
@@ -71,25 +71,30 @@ static void check_build(const char *name, attend_fn fn)
                     const size_t qs = (size_t)ng * D + 3; /* strides unlike the head block: checks their use */
                     float *q = malloc(sizeof(float) * qs * nq), *k = malloc(sizeof(float) * (size_t)nk_max * D);
                     float *v = malloc(sizeof(float) * (size_t)nk_max * D);
-                    /* transposed blocks; the lanes past a query's keys hold garbage or later keys */
-                    float *kt = malloc(sizeof(float) * (size_t)nb * ATT_KB * D);
+                    /* the cache in half precision; k and v hold the values it holds, for the reference */
+                    uint16_t *vh = malloc(sizeof(uint16_t) * (size_t)nk_max * D);
+                    /* transposed blocks; the lanes past a query's keys hold garbage (any bit pattern,
+                     * NaN and infinity included) or later keys */
+                    uint16_t *kt = malloc(sizeof(uint16_t) * (size_t)nb * ATT_KB * D);
                     float *scores = malloc(sizeof(float) * (size_t)nq * ng * nb * ATT_KB);
                     float *out = malloc(sizeof(float) * qs * nq), *alone = malloc(sizeof(float) * (size_t)ng * D);
                     double *want = malloc(sizeof(double) * (size_t)ng * D);
                     for (size_t i = 0; i < qs * nq; i++)
                         q[i] = 3 * frand();
                     for (int i = 0; i < nk_max * D; i++) {
-                        k[i] = 3 * frand();
-                        v[i] = frand();
+                        vh[i] = float_to_half(frand());
+                        v[i] = half_to_float(vh[i]);
                     }
                     for (int i = 0; i < nb * ATT_KB * D; i++)
-                        kt[i] = 1e30f * frand();
+                        kt[i] = (uint16_t)(frand() * 32768.0f + 32768.0f);
                     for (int s = 0; s < nk_max; s++)
-                        for (int i = 0; i < D; i++)
-                            kt[((size_t)(s / ATT_KB) * D + (size_t)i) * ATT_KB + (size_t)(s % ATT_KB)] =
-                                k[(size_t)s * D + i];
+                        for (int i = 0; i < D; i++) {
+                            const uint16_t kh = float_to_half(3 * frand());
+                            k[(size_t)s * D + i] = half_to_float(kh);
+                            kt[((size_t)(s / ATT_KB) * D + (size_t)i) * ATT_KB + (size_t)(s % ATT_KB)] = kh;
+                        }
                     const float scale = 1.0f / sqrtf((float)D);
-                    fn(q, qs, nq, ng, kt, v, n_keys, D, scale, scores, out, qs);
+                    fn(q, qs, nq, ng, kt, vh, n_keys, D, scale, scores, out, qs);
                     for (int j = 0; j < nq; j++) {
                         const float *qj = q + (size_t)j * qs, *oj = out + (size_t)j * qs;
                         reference(qj, ng, k, v, n_keys + j, D, scale, want);
@@ -97,7 +102,7 @@ static void check_build(const char *name, attend_fn fn)
                             CHECK(fabs(oj[i] - want[i]) < 2e-5,
                                   "%s: D=%d heads=%d keys=%d query %d of %d: out[%d] = %.8g, want %.8g", name, D, ng,
                                   n_keys + j, j, nq, i, oj[i], want[i]);
-                        fn(qj, qs, 1, ng, kt, v, n_keys + j, D, scale, scores, alone, qs);
+                        fn(qj, qs, 1, ng, kt, vh, n_keys + j, D, scale, scores, alone, qs);
                         CHECK(memcmp(alone, oj, sizeof(float) * (size_t)ng * D) == 0,
                               "%s: D=%d heads=%d keys=%d: query %d of a run of %d differs from the query alone",
                               name, D, ng, n_keys + j, j, nq);
@@ -106,6 +111,7 @@ static void check_build(const char *name, attend_fn fn)
                     free(q);
                     free(k);
                     free(v);
+                    free(vh);
                     free(kt);
                     free(scores);
                     free(out);
@@ -113,6 +119,43 @@ static void check_build(const char *name, attend_fn fn)
                     free(want);
                 }
     printf("%-8s %d cases\n", name, cases);
+}
+
+/* The KV cache's conversions: every half to float and back unchanged (NaN stays NaN), floats
+ * rounded to the nearest half (ties to even) against a double-precision search, overflow to
+ * infinity, subnormals; and the vector load of halves in every build equals the scalar one. */
+static void check_half(void)
+{
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float f = half_to_float((uint16_t)h);
+        const int nan = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu);
+        if (nan)
+            CHECK(f != f && (float_to_half(f) & 0x7c00u) == 0x7c00u && (float_to_half(f) & 0x3ffu),
+                  "half %04x: NaN lost", h);
+        else
+            CHECK(float_to_half(f) == h, "half %04x -> %g -> %04x", h, f, float_to_half(f));
+    }
+    /* midpoints between neighbouring finite halves round to the even one; just off them, to the
+     * nearer one */
+    for (uint32_t h = 0; h < 0x7bff; h++) {
+        const double a = half_to_float((uint16_t)h), b = half_to_float((uint16_t)(h + 1)), mid = (a + b) / 2;
+        const uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
+        CHECK(float_to_half((float)mid) == even, "midpoint above half %04x rounds to %04x, want %04x", h,
+              float_to_half((float)mid), even);
+        CHECK(float_to_half(nextafterf((float)mid, 0)) == h, "just below the midpoint above %04x", h);
+        CHECK(float_to_half(nextafterf((float)mid, INFINITY)) == h + 1, "just above the midpoint above %04x", h);
+    }
+    CHECK(float_to_half(65519.0f) == 0x7bff && float_to_half(65520.0f) == 0x7c00 && float_to_half(1e30f) == 0x7c00 &&
+              float_to_half(-1e30f) == 0xfc00 && float_to_half(INFINITY) == 0x7c00,
+          "overflow to infinity");
+    CHECK(float_to_half(1e-9f) == 0 && float_to_half(-1e-9f) == 0x8000, "underflow to zero keeps the sign");
+    uint16_t row[16];
+    for (int i = 0; i < 16; i++)
+        row[i] = (uint16_t)(i * 4099 + 17);
+    const v16 got = v16_load_half(row);
+    for (int i = 0; i < 16; i++)
+        CHECK(memcmp(&got[i], &(float){half_to_float(row[i])}, 4) == 0 || (got[i] != got[i]),
+              "vector load of halves, lane %d", i);
 }
 
 static void silu_mul_portable(float *g, const float *u, int n) { v16_silu_mul_span(g, u, n); }
@@ -169,6 +212,7 @@ int main(void)
     }
     CHECK(worst_silu < 1e-6, "silu: worst relative error %g", worst_silu);
 
+    check_half();
     check_build("portable", portable);
     check_silu_span("portable", silu_mul_portable);
 #if defined(__x86_64__)
