@@ -22,6 +22,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "kernels/qmatmul.h" /* f32_to_f16 */
 #include "util/fs.h"
 
 enum kind { K_QWEIGHT, K_SCALES, K_BIASES, K_NORM, K_BIAS };
@@ -81,34 +82,6 @@ static float normal(uint64_t *s)
 }
 
 /* ---- float storage ---- */
-
-static uint16_t f32_to_f16(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000;
-    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-    uint32_t mant = x & 0x7fffff;
-    if (((x >> 23) & 0xff) == 0xff)
-        return (uint16_t)(sign | 0x7c00 | (mant ? 0x200 : 0));
-    if (exp >= 31)
-        return (uint16_t)(sign | 0x7c00);
-    if (exp <= 0) {
-        if (exp < -10)
-            return (uint16_t)sign;
-        mant |= 0x800000;
-        int shift = 14 - exp;
-        uint32_t h = mant >> shift, rem = mant & ((1u << shift) - 1), halfway = 1u << (shift - 1);
-        if (rem > halfway || (rem == halfway && (h & 1)))
-            h++;
-        return (uint16_t)(sign | h);
-    }
-    uint32_t h = ((uint32_t)exp << 10) | (mant >> 13);
-    uint32_t rem = mant & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
-        h++; /* may carry into the exponent, which is the correct rounding */
-    return (uint16_t)(sign | h);
-}
 
 static uint16_t f32_to_bf16(float f)
 {

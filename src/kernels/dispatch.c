@@ -50,6 +50,15 @@ static bool cpuid_bit(unsigned leaf, bool edx, unsigned bit)
 }
 #endif
 
+bool cpu_has_f16c(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return cpuid_bit(1, false, 29);
+#else
+    return false;
+#endif
+}
+
 /* AVX-VNNI: CPUID leaf 7 subleaf 1, EAX bit 4 */
 static bool cpu_has_avxvnni(void)
 {
@@ -69,7 +78,7 @@ static int cpu_level(void)
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     /* __builtin_cpu_supports also checks that the OS saves the vector state (XGETBV). */
-    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpuid_bit(1, false, 29)))
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()))
         return ISA_SCALAR;
     if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")))

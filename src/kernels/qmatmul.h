@@ -6,6 +6,7 @@
 #define PUNIE_KERNELS_QMATMUL_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 enum float_dtype { DT_F32, DT_F16, DT_BF16 };
@@ -30,6 +31,7 @@ void qweight_dequant_row(const qweight *w, int row, float *out);
 
 /* Conversions used everywhere floats are stored as F16/BF16. */
 float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f); /* nearest, ties to even; past the largest half: infinity; NaN stays NaN */
 float bf16_to_f32(uint16_t b);
 float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unaligned-safe */
 
@@ -38,6 +40,9 @@ float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unalig
  * batches of 16+ tokens on an AVX-VNNI panel kernel), "avx2" or "scalar".
  * PUNIE_ISA=scalar|avx2|avx2vnni|avx512|amx in the environment caps the choice (tests, benchmarks). */
 const char *kernels_isa(void);
+
+/* Whether the CPU converts halves in hardware (F16C), which every AVX2 build here assumes. */
+bool cpu_has_f16c(void);
 
 /* Activations prepared once and shared read-only by every thread of a pool, so that the int8
  * quantization inside qmatmul is not repeated by each thread (it reads all of x; with many threads

@@ -33,6 +33,31 @@ float f16_to_f32(uint16_t h)
     return f;
 }
 
+uint16_t f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    const uint32_t ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u)
+        return sign | 0x7e00u; /* NaN */
+    if (ax >= 0x477ff000u)
+        return sign | 0x7c00u; /* at or past 65520: rounds to infinity */
+    if (ax < 0x38800000u) {
+        /* below the smallest normal half (2^-14): a multiple of 2^-24, rounded to nearest even by
+         * the float addition (2^-24 * 2^23 = 0.5 puts the unit in the last mantissa bit) */
+        float a, t;
+        memcpy(&a, &ax, 4);
+        t = a + 0.5f;
+        uint32_t tb;
+        memcpy(&tb, &t, 4);
+        return sign | (uint16_t)(tb - 0x3f000000u);
+    }
+    /* normal: drop 13 mantissa bits with round to nearest even; a carry moves into the exponent */
+    const uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u);
+    return sign | (uint16_t)((r - 0x38000000u) >> 13);
+}
+
 float bf16_to_f32(uint16_t b)
 {
     uint32_t bits = (uint32_t)b << 16;

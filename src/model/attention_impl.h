@@ -145,7 +145,7 @@ static inline void att_values4(const float *p, size_t stride, int hn, const uint
         for (int h = 0; h < hn; h++) {
             float acc = s0 == 0 ? 0.0f : out[(size_t)h * D + i0];
             for (int s = s0; s < s1; s++)
-                acc += p[(size_t)h * stride + (size_t)s] * half_to_float(vc[(size_t)s * D + i0]);
+                acc += p[(size_t)h * stride + (size_t)s] * f16_to_f32(vc[(size_t)s * D + i0]);
             out[(size_t)h * D + i0] = acc;
         }
 }

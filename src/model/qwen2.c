@@ -29,7 +29,7 @@ void qwen2_setup(model *m)
     if (want && strcmp(want, "portable") == 0)
         return;
     __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
         return;
     if (__builtin_cpu_supports("avx512f")) {
         m->attend = attend_queries_avx512;
@@ -344,8 +344,8 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
                                (size_t)(p % ATT_KB);
                 uint16_t *vb = c->v_cache + (head_kv * (size_t)c->n_ctx + (size_t)p) * D;
                 for (int d = 0; d < D; d++) {
-                    kb[(size_t)d * ATT_KB] = float_to_half(k[(size_t)g * D + d]);
-                    vb[d] = float_to_half(v[(size_t)g * D + d]);
+                    kb[(size_t)d * ATT_KB] = f32_to_f16(k[(size_t)g * D + d]);
+                    vb[d] = f32_to_f16(v[(size_t)g * D + d]);
                 }
             }
         }

@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 #include <string.h>
+
+#include "kernels/qmatmul.h" /* f16_to_f32 */
 #if defined(__AVX512F__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -27,53 +29,6 @@ static inline v16 v16_load(const float *p)
 
 static inline void v16_store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
 
-/* IEEE half precision (the KV cache's element), portable: exact to float; from float rounded to
- * nearest even, overflowing to infinity; NaN stays NaN. */
-static inline float half_to_float(uint16_t h)
-{
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    uint32_t bits;
-    if (e == 31) {
-        bits = sign | 0x7f800000u | (m << 13);
-    } else if (e != 0) {
-        bits = sign | ((e + 112) << 23) | (m << 13);
-    } else if (m == 0) {
-        bits = sign;
-    } else { /* subnormal: m * 2^-24, exact in float */
-        float f = (float)m * 5.9604644775390625e-8f;
-        memcpy(&bits, &f, 4);
-        bits |= sign;
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-static inline uint16_t float_to_half(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    const uint32_t ax = x & 0x7fffffffu;
-    if (ax > 0x7f800000u)
-        return sign | 0x7e00u; /* NaN */
-    if (ax >= 0x477ff000u)
-        return sign | 0x7c00u; /* at or past 65520: rounds to infinity */
-    if (ax < 0x38800000u) {
-        /* below the smallest normal half (2^-14): a multiple of 2^-24, rounded to nearest even by
-         * the float addition (2^-24 * 2^23 = 0.5 puts the unit in the last mantissa bit) */
-        float a, t;
-        memcpy(&a, &ax, 4);
-        t = a + 0.5f;
-        uint32_t tb;
-        memcpy(&tb, &t, 4);
-        return sign | (uint16_t)(tb - 0x3f000000u);
-    }
-    /* normal: drop 13 mantissa bits with round to nearest even; a carry moves into the exponent */
-    const uint32_t r = ax + 0xfffu + ((ax >> 13) & 1u);
-    return sign | (uint16_t)((r - 0x38000000u) >> 13);
-}
-
 /* 16 halves as floats: one instruction where the build has F16C or AVX-512 */
 static inline v16 v16_load_half(const uint16_t *p)
 {
@@ -92,7 +47,7 @@ static inline v16 v16_load_half(const uint16_t *p)
 #else
     v16 v;
     for (int i = 0; i < 16; i++)
-        v[i] = half_to_float(p[i]);
+        v[i] = f16_to_f32(p[i]);
     return v;
 #endif
 }

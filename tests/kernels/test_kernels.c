@@ -31,23 +31,6 @@ static uint32_t rnd(void)
 static float frand(float lo, float hi) { return lo + (hi - lo) * (float)(rnd() & 0xffffff) / 16777216.0f; }
 static int irand(int lo, int hi) { return lo + (int)(rnd() % (uint32_t)(hi - lo + 1)); }
 
-/* float -> F16 (round to nearest even; test values are normal and in range) */
-static uint16_t f32_to_f16(float f)
-{
-    uint32_t b;
-    memcpy(&b, &f, 4);
-    uint32_t sign = (b >> 16) & 0x8000;
-    int exp = (int)((b >> 23) & 0xff) - 127 + 15;
-    uint32_t mant = b & 0x7fffff;
-    if (exp <= 0)
-        return (uint16_t)sign; /* flush tiny values to zero: fine for test data */
-    uint32_t h = sign | ((uint32_t)exp << 10) | (mant >> 13);
-    uint32_t rest = mant & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (h & 1)))
-        h++;
-    return (uint16_t)h;
-}
-
 static uint16_t f32_to_bf16(float f)
 {
     uint32_t b;

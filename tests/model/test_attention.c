@@ -82,15 +82,15 @@ static void check_build(const char *name, attend_fn fn)
                     for (size_t i = 0; i < qs * nq; i++)
                         q[i] = 3 * frand();
                     for (int i = 0; i < nk_max * D; i++) {
-                        vh[i] = float_to_half(frand());
-                        v[i] = half_to_float(vh[i]);
+                        vh[i] = f32_to_f16(frand());
+                        v[i] = f16_to_f32(vh[i]);
                     }
                     for (int i = 0; i < nb * ATT_KB * D; i++)
                         kt[i] = (uint16_t)(frand() * 32768.0f + 32768.0f);
                     for (int s = 0; s < nk_max; s++)
                         for (int i = 0; i < D; i++) {
-                            const uint16_t kh = float_to_half(3 * frand());
-                            k[(size_t)s * D + i] = half_to_float(kh);
+                            const uint16_t kh = f32_to_f16(3 * frand());
+                            k[(size_t)s * D + i] = f16_to_f32(kh);
                             kt[((size_t)(s / ATT_KB) * D + (size_t)i) * ATT_KB + (size_t)(s % ATT_KB)] = kh;
                         }
                     const float scale = 1.0f / sqrtf((float)D);
@@ -127,34 +127,34 @@ static void check_build(const char *name, attend_fn fn)
 static void check_half(void)
 {
     for (uint32_t h = 0; h < 65536; h++) {
-        const float f = half_to_float((uint16_t)h);
+        const float f = f16_to_f32((uint16_t)h);
         const int nan = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu);
         if (nan)
-            CHECK(f != f && (float_to_half(f) & 0x7c00u) == 0x7c00u && (float_to_half(f) & 0x3ffu),
+            CHECK(f != f && (f32_to_f16(f) & 0x7c00u) == 0x7c00u && (f32_to_f16(f) & 0x3ffu),
                   "half %04x: NaN lost", h);
         else
-            CHECK(float_to_half(f) == h, "half %04x -> %g -> %04x", h, f, float_to_half(f));
+            CHECK(f32_to_f16(f) == h, "half %04x -> %g -> %04x", h, f, f32_to_f16(f));
     }
     /* midpoints between neighbouring finite halves round to the even one; just off them, to the
      * nearer one */
     for (uint32_t h = 0; h < 0x7bff; h++) {
-        const double a = half_to_float((uint16_t)h), b = half_to_float((uint16_t)(h + 1)), mid = (a + b) / 2;
+        const double a = f16_to_f32((uint16_t)h), b = f16_to_f32((uint16_t)(h + 1)), mid = (a + b) / 2;
         const uint16_t even = (h & 1) ? (uint16_t)(h + 1) : (uint16_t)h;
-        CHECK(float_to_half((float)mid) == even, "midpoint above half %04x rounds to %04x, want %04x", h,
-              float_to_half((float)mid), even);
-        CHECK(float_to_half(nextafterf((float)mid, 0)) == h, "just below the midpoint above %04x", h);
-        CHECK(float_to_half(nextafterf((float)mid, INFINITY)) == h + 1, "just above the midpoint above %04x", h);
+        CHECK(f32_to_f16((float)mid) == even, "midpoint above half %04x rounds to %04x, want %04x", h,
+              f32_to_f16((float)mid), even);
+        CHECK(f32_to_f16(nextafterf((float)mid, 0)) == h, "just below the midpoint above %04x", h);
+        CHECK(f32_to_f16(nextafterf((float)mid, INFINITY)) == h + 1, "just above the midpoint above %04x", h);
     }
-    CHECK(float_to_half(65519.0f) == 0x7bff && float_to_half(65520.0f) == 0x7c00 && float_to_half(1e30f) == 0x7c00 &&
-              float_to_half(-1e30f) == 0xfc00 && float_to_half(INFINITY) == 0x7c00,
+    CHECK(f32_to_f16(65519.0f) == 0x7bff && f32_to_f16(65520.0f) == 0x7c00 && f32_to_f16(1e30f) == 0x7c00 &&
+              f32_to_f16(-1e30f) == 0xfc00 && f32_to_f16(INFINITY) == 0x7c00,
           "overflow to infinity");
-    CHECK(float_to_half(1e-9f) == 0 && float_to_half(-1e-9f) == 0x8000, "underflow to zero keeps the sign");
+    CHECK(f32_to_f16(1e-9f) == 0 && f32_to_f16(-1e-9f) == 0x8000, "underflow to zero keeps the sign");
     uint16_t row[16];
     for (int i = 0; i < 16; i++)
         row[i] = (uint16_t)(i * 4099 + 17);
     const v16 got = v16_load_half(row);
     for (int i = 0; i < 16; i++)
-        CHECK(memcmp(&got[i], &(float){half_to_float(row[i])}, 4) == 0 || (got[i] != got[i]),
+        CHECK(memcmp(&got[i], &(float){f16_to_f32(row[i])}, 4) == 0 || (got[i] != got[i]),
               "vector load of halves, lane %d", i);
 }
 
@@ -217,11 +217,12 @@ int main(void)
     check_silu_span("portable", silu_mul_portable);
 #if defined(__x86_64__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) {
         check_build("avx2", attend_queries_avx2);
         check_silu_span("avx2", silu_mul_avx2);
     }
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        cpu_has_f16c()) {
         check_build("avx512", attend_queries_avx512);
         check_silu_span("avx512", silu_mul_avx512);
     }
