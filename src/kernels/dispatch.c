@@ -22,11 +22,11 @@ typedef void (*qmatmul_fn)(const qweight *, const float *, int, float *, int, in
 #include <stdint.h>
 #define PANEL_MIN_TOKENS 16
 
-/* In order of preference; "avx2vnni" is AVX2 with AVX-VNNI for prefill (CPUs without AVX-512). */
+/* In order of preference; "avx2vnni" is AVX2 with AVX-VNNI (CPUs without AVX-512). */
 enum { ISA_SCALAR, ISA_AVX2, ISA_AVX2VNNI, ISA_AVX512, ISA_AVX512VNNI, ISA_AMX, ISA_COUNT };
 static const char *const isa_names[ISA_COUNT] = {"scalar", "avx2", "avx2vnni", "avx512", "avx512vnni", "amx"};
 /* the kernel for up to PANEL_MIN_TOKENS - 1 tokens (decode), and for more where there is no panel kernel */
-static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx2, qmatmul_avx512,
+static const qmatmul_fn isa_fns[ISA_COUNT] = {qmatmul_scalar, qmatmul_avx2, qmatmul_avx2_vnni, qmatmul_avx512,
                                               qmatmul_avx512vnni, qmatmul_avx512vnni};
 /* the panel kernel for batches of PANEL_MIN_TOKENS or more, on activations laid out for it */
 static const panel_kernel_fn isa_panel_fns[ISA_COUNT] = {NULL, NULL, qmatmul_avxvnni_panel_prepared, NULL,
@@ -253,7 +253,7 @@ int qact_reserve(qact *a, const qweight *w, const float *x, int n_tok)
         switch (isa_current) {
         case ISA_AVX2:
         case ISA_AVX2VNNI:
-            kind = QACT_AVX2;
+            kind = isa_current == ISA_AVX2VNNI ? QACT_AVX2VNNI : QACT_AVX2;
             bytes = qx_avx2_bytes(&a->qx, w, a->n_tok);
             break;
         case ISA_AVX512:
@@ -303,7 +303,7 @@ void qact_fill(qact *a, int part, int nparts)
         return;
     if (a->kind == QACT_PANEL)
         panel_fill(&a->panel, &a->w, a->x, a->n_tok, t0, t1);
-    else if (a->kind == QACT_AVX2)
+    else if (a->kind == QACT_AVX2 || a->kind == QACT_AVX2VNNI)
         qx_avx2_fill(&a->qx, &a->w, a->x, t0, t1);
     else
         qx_avx512_fill(&a->qx, &a->w, a->x, t0, t1);
@@ -322,6 +322,9 @@ void qmatmul_prepared(const qweight *w, const qact *a, float *y, int ldy, int r0
         break;
     case QACT_AVX2:
         qmatmul_avx2_prepared(w, &a->qx, a->n_tok, y, ldy, r0, r1);
+        break;
+    case QACT_AVX2VNNI:
+        qmatmul_avx2_prepared_vnni(w, &a->qx, a->n_tok, y, ldy, r0, r1);
         break;
     default:
         qmatmul_avx512_prepared(w, &a->qx, a->n_tok, y, ldy, r0, r1, a->kind == QACT_AVX512VNNI);

@@ -36,8 +36,8 @@ float bf16_to_f32(uint16_t b);
 float load_float(const uint8_t *p, enum float_dtype dt, size_t index); /* unaligned-safe */
 
 /* The instruction set the dispatcher picked: "amx" (AVX-512 VNNI, AMX tiles for batches of 16+
- * tokens), "avx512vnni" (batches of 16+ tokens on a VNNI panel kernel), "avx512", "avx2vnni" (AVX2,
- * batches of 16+ tokens on an AVX-VNNI panel kernel), "avx2" or "scalar".
+ * tokens), "avx512vnni" (batches of 16+ tokens on a VNNI panel kernel), "avx512", "avx2vnni" (AVX2
+ * with AVX-VNNI products, batches of 16+ tokens on an AVX-VNNI panel kernel), "avx2" or "scalar".
  * PUNIE_ISA=scalar|avx2|avx2vnni|avx512|amx in the environment caps the choice (tests, benchmarks). */
 const char *kernels_isa(void);
 

@@ -180,13 +180,14 @@ struct qact {
     void *mem;
     size_t cap;
 };
-enum { QACT_SCALAR, QACT_AVX2, QACT_AVX512, QACT_AVX512VNNI, QACT_PANEL };
+enum { QACT_SCALAR, QACT_AVX2, QACT_AVX2VNNI, QACT_AVX512, QACT_AVX512VNNI, QACT_PANEL };
 
 /* Per-thread growable buffer; slot 0..KSCRATCH_SLOTS-1. Returns NULL when memory is exhausted. */
 #define KSCRATCH_SLOTS 8
 void *kernels_scratch(int slot, size_t bytes);
 
 void qmatmul_avx2(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
+void qmatmul_avx2_vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_avx512(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);
 void qmatmul_avx512vnni(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0,
                         int r1);
@@ -199,6 +200,8 @@ void qx_assign(qx_prep *p, void *mem, int n_tok);
 void qx_avx2_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1);
 void qx_avx512_fill(const qx_prep *p, const qweight *w, const float *x, int t0, int t1);
 void qmatmul_avx2_prepared(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
+                           int r1);
+void qmatmul_avx2_prepared_vnni(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
                            int r1);
 void qmatmul_avx512_prepared(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
                              int r1, int vnni);
