@@ -228,12 +228,6 @@ static void fill_scales(uint8_t *p, size_t count)
     }
 }
 
-static size_t weight_bytes(const qweight *w)
-{
-    size_t groups = (size_t)w->rows * (size_t)(w->cols / w->group_size);
-    return (size_t)w->rows * (size_t)w->cols * (size_t)w->bits / 8 + 2 * groups * 2;
-}
-
 int main(int argc, char **argv)
 {
     int threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -269,7 +263,7 @@ int main(int argc, char **argv)
         {.sdtype = DT_F16, .rows = I, .cols = H, .bits = 4, .group_size = G},
         {.sdtype = DT_F16, .rows = H, .cols = I, .bits = 4, .group_size = G},
     };
-    size_t pair = weight_bytes(&proto[0]) + weight_bytes(&proto[1]);
+    size_t pair = qweight_bytes(&proto[0]) + qweight_bytes(&proto[1]);
     int npairs = (int)(((size_t)mb << 20) / pair);
     if (npairs < 1)
         npairs = 1;
@@ -292,7 +286,7 @@ int main(int argc, char **argv)
         fill_scales(mem + 1 + pk, sc / 2);
         fill_scales(mem + 1 + pk + sc, sc / 2);
         ws[k] = w;
-        total += weight_bytes(&w);
+        total += qweight_bytes(&w);
     }
     printf("weights: %d matrices (%dx%d and %dx%d, 4-bit g%d F16), %.2f GB\n", nw, I, H, H, I, G,
            (double)total / 1e9);

@@ -19,6 +19,19 @@ typedef struct qweight {
     int rows, cols, bits, group_size; /* bits: 4 or 8; group_size: 32, 64 or 128 */
 } qweight;
 
+/* Bytes of one stored value of dtype dt; of one packed row; of one row's scales (or biases); and of
+ * the whole tensor (packed weights, scales and biases). */
+static inline size_t float_dtype_size(enum float_dtype dt) { return dt == DT_F32 ? 4 : 2; }
+static inline size_t qweight_row_bytes(const qweight *w) { return (size_t)w->cols * (size_t)w->bits / 8; }
+static inline size_t qweight_row_scale_bytes(const qweight *w)
+{
+    return (size_t)(w->cols / w->group_size) * float_dtype_size(w->sdtype);
+}
+static inline size_t qweight_bytes(const qweight *w)
+{
+    return (size_t)w->rows * (qweight_row_bytes(w) + 2 * qweight_row_scale_bytes(w));
+}
+
 /* y[t * ldy + r] = sum_c x[t * cols + c] * w[r][c] for t in [0, n_tok) and r in [r0, r1).
  * Callers split [0, rows) across threads; the function itself is single-threaded. */
 void qmatmul(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1);

@@ -50,7 +50,7 @@ static inline __attribute__((always_inline)) __m256 load8_stored(const uint8_t *
 static inline __attribute__((always_inline)) __m256 load8_stored_part(const uint8_t *src, const int dt, int n)
 {
     uint8_t tmp[32] = {0};
-    memcpy(tmp, src, (size_t)n * (dt == DT_F32 ? 4 : 2));
+    memcpy(tmp, src, (size_t)n * float_dtype_size(dt));
     return load8_stored(tmp, dt);
 }
 
@@ -59,7 +59,7 @@ static inline __attribute__((always_inline)) __m256 load8_stored_part(const uint
 static void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
                         int padded)
 {
-    const size_t esz = dt == DT_F32 ? 4 : 2;
+    const size_t esz = float_dtype_size(dt);
     int i = 0;
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(dst + i, load8_stored(src + (i0 + (size_t)i) * esz, dt));
@@ -121,7 +121,7 @@ chunk_step(const tile_ctx *k, int c, int t0, __m256 acc[NR][4], const int NT, co
             lo[i] = hi[i] = v;
         }
         /* sdt >= 0 (decode): straight from the stored scales, as in the AVX-512 kernel */
-        const __m256 s8 = sdt >= 0 ? load8_stored(k->srow[i] + (size_t)fg * (sdt == DT_F32 ? 4 : 2), sdt)
+        const __m256 s8 = sdt >= 0 ? load8_stored(k->srow[i] + (size_t)fg * float_dtype_size(sdt), sdt)
                                    : _mm256_loadu_ps(k->rs[i] + fg);
         sv[i] = _mm256_permutevar8x32_ps(s8, k->gidx);
     }
@@ -175,7 +175,7 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
             __m256 xs = _mm256_loadu_ps(p->xs + (size_t)(t0 + j) * (size_t)p->gstride + (size_t)g);
 #pragma GCC unroll 4
             for (int i = 0; i < NR; i++) {
-                const size_t off = (size_t)g * (sdt == DT_F32 ? 4 : 2);
+                const size_t off = (size_t)g * float_dtype_size(sdt);
                 const __m256 b = sdt < 0 ? _mm256_loadu_ps(k->rb[i] + g)
                                  : g + 8 <= p->groups ? load8_stored(k->brow[i] + off, sdt)
                                                       : load8_stored_part(k->brow[i] + off, sdt, p->groups - g);
@@ -260,7 +260,7 @@ void AVX2_ENTRY(qmatmul_avx2_prepared)(const qweight *w, const qx_prep *pp, int 
     void (*dfn)(const tile_ctx *, int, float *, int, enum float_dtype) = w->bits == 4 ? decode_4 : decode_8;
     const int stored_rows = stored_scale_rows(w, 8);
 
-    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    const size_t row_bytes = qweight_row_bytes(w);
     k.pf_off = weight_prefetch_offset(row_bytes, NR);
     const int tb = tile_token_block(&p);
     for (int tb0 = 0; tb0 < n_tok; tb0 += tb) {

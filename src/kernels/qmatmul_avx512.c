@@ -52,7 +52,7 @@ static inline __attribute__((always_inline)) __m128 load4_stored(const uint8_t *
 static inline void convert_row(const uint8_t *src, enum float_dtype dt, size_t i0, int n, float *dst,
                                int padded)
 {
-    const size_t esz = dt == DT_F32 ? 4 : 2;
+    const size_t esz = float_dtype_size(dt);
     for (int i = 0; i < padded; i += 16) {
         const int left = n - i;
         const __mmask16 m = left >= 16 ? (__mmask16)0xffff
@@ -111,7 +111,7 @@ chunk_step(const tile_ctx *k, int c, int t0, __m512 acc[NR][4], const int NT, co
          * decode a fifth of its time; a chunk spans at most 4 groups (gidx <= 3), so 4 values are
          * converted (the caller checked that 16 lie inside the tensor) */
         sv[i] = _mm512_permutexvar_ps(k->gidx, sdt >= 0 ? _mm512_castps128_ps512(load4_stored(
-                                                             k->srow[i] + (size_t)fg * (sdt == DT_F32 ? 4 : 2), sdt))
+                                                             k->srow[i] + (size_t)fg * float_dtype_size(sdt), sdt))
                                                        : _mm512_loadu_ps(k->rs[i] + fg));
     }
     const size_t qchunk = (size_t)(bits == 4 ? 2 * CB : CB);
@@ -159,7 +159,7 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
             __m512 xs = _mm512_loadu_ps(p->xs + (size_t)(t0 + j) * (size_t)p->gstride + (size_t)g);
 #pragma GCC unroll 4
             for (int i = 0; i < NR; i++) {
-                const __m512 b = sdt >= 0 ? load16_stored(k->brow[i] + (size_t)g * (sdt == DT_F32 ? 4 : 2), sdt, m)
+                const __m512 b = sdt >= 0 ? load16_stored(k->brow[i] + (size_t)g * float_dtype_size(sdt), sdt, m)
                                           : _mm512_loadu_ps(k->rb[i] + g);
                 acc[i][j] = _mm512_fmadd_ps(b, xs, acc[i][j]);
             }
@@ -252,7 +252,7 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
     decode_fn dfn = w->bits == 4 ? (vnni ? decode_4_1 : decode_4_0) : (vnni ? decode_8_1 : decode_8_0);
     const int stored_rows = stored_scale_rows(w, 16);
 
-    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    const size_t row_bytes = qweight_row_bytes(w);
     k.pf_off = weight_prefetch_offset(row_bytes, NR);
     const int tb = tile_token_block(&p);
     for (int tb0 = 0; tb0 < n_tok; tb0 += tb) {

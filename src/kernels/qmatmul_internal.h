@@ -62,8 +62,7 @@ static inline size_t qx_align64(size_t n) { return (n + 63) / 64 * 64; }
  * kernels otherwise stall on them for a third of the time). Prefetches never fault. */
 static inline void prefetch_row_scales(const qweight *w, int row, int n)
 {
-    const size_t esz = w->sdtype == DT_F32 ? 4 : 2;
-    const size_t per_row = (size_t)(w->cols / w->group_size) * esz;
+    const size_t per_row = qweight_row_scale_bytes(w);
     const size_t lo = (size_t)row * per_row, hi = lo + (size_t)n * per_row;
     for (size_t off = lo & ~(size_t)63; off < hi; off += 64) {
         __builtin_prefetch(w->scales + off);
@@ -105,8 +104,7 @@ static inline int stored_scale_rows(const qweight *w, int span)
 static inline void tile_rows_stored(const qweight *w, int r, int nr, int tile, const uint8_t **wrow,
                                     const uint8_t **srow, const uint8_t **brow)
 {
-    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
-    const size_t sbytes = (size_t)(w->cols / w->group_size) * (w->sdtype == DT_F32 ? 4 : 2);
+    const size_t row_bytes = qweight_row_bytes(w), sbytes = qweight_row_scale_bytes(w);
     for (int i = 0; i < tile; i++) {
         const size_t row = (size_t)r + (size_t)(i < nr ? i : nr - 1);
         wrow[i] = w->packed + row * row_bytes;
@@ -123,7 +121,7 @@ static inline void tile_rows_converted(const qweight *w, int r, int nr, int tile
                                        scale_convert_fn convert, const uint8_t **wrow, const float **rs,
                                        const float **rb)
 {
-    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    const size_t row_bytes = qweight_row_bytes(w);
     const int groups = w->cols / w->group_size;
     for (int i = 0; i < tile; i++) {
         const int row = r + (i < nr ? i : nr - 1);

@@ -49,7 +49,7 @@ void panel_unpack_row(const uint8_t *src, int bits, int cols, uint8_t *dst)
 void panel_load(const qweight *w, int r, int nr, int n, int stride, uint8_t *wp, float *sp, float *bp)
 {
     const int cols = w->cols, groups = cols / w->group_size;
-    const size_t row_bytes = (size_t)cols * (size_t)w->bits / 8;
+    const size_t row_bytes = qweight_row_bytes(w);
     for (int i = 0; i < n; i++) {
         uint8_t *dst = wp + (size_t)i * (size_t)cols;
         if (i < nr) {

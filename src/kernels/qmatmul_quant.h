@@ -71,7 +71,7 @@ static inline float group_absmax_sum(const float *xg, int G, float *sum)
 static inline void qx_layout(qx_prep *p, const qweight *w, int cb)
 {
     const int bits = w->bits, G = w->group_size, cols = w->cols;
-    const size_t row_bytes = (size_t)cols * (size_t)bits / 8;
+    const size_t row_bytes = qweight_row_bytes(w);
     p->cb = cb;
     p->lanes = cb / 4;
     p->epc = cb * 8 / bits;

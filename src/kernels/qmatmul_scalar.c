@@ -130,7 +130,7 @@ static inline void group_dot8(const uint8_t *row, const float *x, int j0, int G,
 void qmatmul_scalar(const qweight *w, const float *x, int n_tok, float *y, int ldy, int r0, int r1)
 {
     const int G = w->group_size, groups = w->cols / G;
-    const size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8;
+    const size_t row_bytes = qweight_row_bytes(w);
     const int fast = (w->bits == 4 || w->bits == 8) && G % 4 == 0;
     for (int r = r0; r < r1; r++) {
         const uint8_t *row = w->packed + (size_t)r * row_bytes;
@@ -162,7 +162,7 @@ void qmatmul_scalar(const qweight *w, const float *x, int n_tok, float *y, int l
 void qweight_dequant_row(const qweight *w, int row, float *out)
 {
     const int groups = w->cols / w->group_size;
-    const uint8_t *packed = w->packed + (size_t)row * ((size_t)w->cols * (size_t)w->bits / 8);
+    const uint8_t *packed = w->packed + (size_t)row * qweight_row_bytes(w);
     for (int g = 0; g < groups; g++) {
         float s = load_float(w->scales, w->sdtype, (size_t)row * groups + g);
         float b = load_float(w->biases, w->sdtype, (size_t)row * groups + g);

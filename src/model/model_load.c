@@ -254,13 +254,6 @@ static int load_qlinear(st_set *s, const quant_cfg *q, const char *module, int r
     return 0;
 }
 
-static size_t qweight_bytes(const qweight *w)
-{
-    size_t groups = (size_t)w->rows * (size_t)(w->cols / w->group_size);
-    size_t sz = w->sdtype == DT_F32 ? 4 : 2;
-    return (size_t)w->rows * (size_t)w->cols * (size_t)w->bits / 8 + 2 * groups * sz;
-}
-
 static int load_layer(model *m, const quant_cfg *q, int l, perr *err)
 {
     const model_config *c = &m->cfg;

@@ -133,7 +133,7 @@ static void run_matmul(model *m, struct mm_task *task)
     int items = 0;
     for (int j = 0; j < task->n_jobs; j++) {
         const qweight *w = task->jobs[j].w;
-        size_t row_bytes = (size_t)w->cols * (size_t)w->bits / 8 + 1;
+        size_t row_bytes = qweight_row_bytes(w) + 1;
         if (task->swiglu)
             row_bytes *= 2; /* an item covers its rows in both matrices */
         size_t rows = ITEM_BYTES / row_bytes;

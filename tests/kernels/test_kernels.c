@@ -85,7 +85,7 @@ static void make_weight(test_weight *tw, int rows, int cols, int bits, int G, en
 {
     size_t row_bytes = (size_t)cols * (size_t)bits / 8;
     size_t groups = (size_t)cols / (size_t)G;
-    size_t esz = dt == DT_F32 ? 4 : 2;
+    size_t esz = float_dtype_size(dt);
     /* tensors end 0-3 bytes before a guard page (and so start unaligned too) */
     uint8_t *packed = guarded_alloc(&tw->buf_packed, (size_t)rows * row_bytes, (size_t)irand(0, 3));
     uint8_t *sc = guarded_alloc(&tw->buf_scales, (size_t)rows * groups * esz, (size_t)irand(0, 3));
