@@ -29,7 +29,6 @@ typedef struct tile_config {
     uint8_t rows[16];
 } tile_config;
 
-
 void qmatmul_amx_prepared(const qweight *w, const panel_prep *ap, int n_tok, float *y, int ldy, int r0,
                           int r1)
 {

@@ -173,9 +173,9 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
 #pragma GCC unroll 4
         for (int j = 0; j < NT; j++) {
             __m256 xs = _mm256_loadu_ps(p->xs + (size_t)(t0 + j) * (size_t)p->gstride + (size_t)g);
+            const size_t off = (size_t)g * float_dtype_size(sdt);
 #pragma GCC unroll 4
             for (int i = 0; i < NR; i++) {
-                const size_t off = (size_t)g * float_dtype_size(sdt);
                 const __m256 b = sdt < 0 ? _mm256_loadu_ps(k->rb[i] + g)
                                  : g + 8 <= p->groups ? load8_stored(k->brow[i] + off, sdt)
                                                       : load8_stored_part(k->brow[i] + off, sdt, p->groups - g);

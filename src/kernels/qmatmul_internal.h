@@ -76,8 +76,8 @@ static inline void prefetch_row_scales(const qweight *w, int row, int n)
 
 /* Distance, in bytes, from a tile's first weight byte to the bytes the tile kernels prefetch while
  * they run it (in address order, as many lines per row step as the step reads): whole tiles ahead,
- * at least WEIGHT_PREFETCH_MIN bytes on. One tile ahead is too close when rows
- * are short (a 4-row tile of 1 KB rows is done before the prefetch of the next arrives): in paired
+ * at least WEIGHT_PREFETCH_MIN bytes on. One tile ahead is too close when rows are short (a 4-row
+ * tile of 1 KB rows is done before the prefetch of the next arrives): in paired
  * single-thread runs on 2048-column rows, 8 KB ahead decoded 8-15% faster than 4 KB; rows of 1.75 KB
  * and more (7 KB tiles) were not helped by going further. */
 #define WEIGHT_PREFETCH_MIN 6144
@@ -200,7 +200,7 @@ void qx_avx512_fill(const qx_prep *p, const qweight *w, const float *x, int t0, 
 void qmatmul_avx2_prepared(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
                            int r1);
 void qmatmul_avx2_prepared_vnni(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
-                           int r1);
+                                int r1);
 void qmatmul_avx512_prepared(const qweight *w, const qx_prep *p, int n_tok, float *y, int ldy, int r0,
                              int r1, int vnni);
 size_t panel_bytes(panel_prep *a, const qweight *w, int n_tok);

@@ -171,7 +171,7 @@ static inline void attend_queries(const float *q, size_t q_stride, int nq, int n
     const int step = ATT_WIDE ? 2 : 1; /* key blocks per scores call */
     for (int b = 0; b < nb_max; b += step)
         for (int j = 0; j < nq; j++) {
-            const int nb = (n_keys0 + j + ATT_KB - 1) / ATT_KB; /* this query's key blocks */
+            const int nb = (int)(att_key_span(n_keys0 + j) / ATT_KB); /* this query's key blocks */
             if (b >= nb)
                 continue;
             for (int h0 = 0; h0 < ng; h0 += ATT_HMAX) {

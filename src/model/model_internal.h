@@ -7,6 +7,7 @@
 #include "kernels/qmatmul.h"
 #include "model/model.h"
 #include "model/safetensors.h"
+#include "model/vector_isa.h"
 #include "util/threadpool.h"
 
 typedef struct layer_weights {
@@ -29,10 +30,8 @@ struct model {
     pthread_mutex_t pool_lock;     /* one context evaluates at a time */
     size_t weight_bytes;
     /* vector code picked for the CPU by qwen2_setup */
-    void (*attend)(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt, const uint16_t *vc,
-                   int n_keys0, int D, float scale, float *scores, float *out,
-                   size_t out_stride); /* attend_queries for this CPU */
-    void (*silu_mul)(float *g, const float *u, int n); /* v16_silu_mul_span for this CPU */
+    attend_fn attend;     /* attend_queries for this CPU */
+    silu_mul_fn silu_mul; /* v16_silu_mul_span for this CPU */
 };
 
 /* Chooses the compute paths of the forward pass (qwen2.c). */
