@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ struct http_server {
     size_t max_body;
     unsigned timeout_s;
     long started;
+    atomic_bool stopping; /* the daemon is being stopped: streams end without their clients leaving */
 };
 
 enum route { R_NONE, R_HEALTH, R_MODELS, R_CHAT, R_COMPLETIONS };
@@ -44,7 +46,7 @@ typedef struct stream_ctx {
     http_server *srv;
     api_session *sess;
     struct MHD_Connection *conn;
-    bool done;
+    bool done; /* the reply is complete (or ended with its error event) */
 } stream_ctx;
 
 static enum route match_route(const char *url)
@@ -148,10 +150,8 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
             MHD_set_connection_option(sc->conn, MHD_CONNECTION_OPTION_TIMEOUT, sc->srv->timeout_s);
             return MHD_CONTENT_READER_END_OF_STREAM;
         }
-        if (peer_gone(sc->conn)) {
-            log_info("client went away during a streamed reply: generation stopped");
-            return MHD_CONTENT_READER_END_WITH_ERROR;
-        }
+        if (peer_gone(sc->conn))
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* logged when the stream is freed */
         perr err = {{0}};
         int rc = api_session_step(sc->sess, &err);
         if (rc < 0) {
@@ -169,9 +169,14 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max)
     return (ssize_t)n;
 }
 
+/* Runs however the stream ended. Whether this server saw the client leave (sse_reader) or
+ * libmicrohttpd did, when a send failed, depends on timing: the generation stops either way, and an
+ * unfinished reply is logged here, once. */
 static void sse_free(void *cls)
 {
     stream_ctx *sc = cls;
+    if (!sc->done && !atomic_load(&sc->srv->stopping))
+        log_info("client went away during a streamed reply: generation stopped");
     api_session_free(sc->sess);
     free(sc);
 }
@@ -208,6 +213,7 @@ static enum MHD_Result handle_generation(http_server *srv, struct MHD_Connection
         sc->conn = c;
         struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, sse_reader, sc, sse_free);
         if (!r) {
+            sc->done = true; /* nothing was streamed */
             sse_free(sc);
             return MHD_NO;
         }
@@ -421,6 +427,7 @@ void http_server_stop(http_server *s)
 {
     if (!s)
         return;
+    atomic_store(&s->stopping, true);
     MHD_stop_daemon(s->daemon);
     free(s->api_key);
     free(s);
