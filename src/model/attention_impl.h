@@ -28,8 +28,10 @@
 #endif
 #define ATT_HMAX 8  /* query heads computed together */
 
-/* softmax over s[0, n_keys) in place; the rest of the last block of 16 is set to 0 */
-static inline void att_softmax(float *s, int n_keys)
+/* softmax over s[0, n_keys) in place; the rest of the last block of 16 is set to 0. Returns the
+ * log of the sum of exp(s) (what a partial softmax over some of the keys needs to be combined with
+ * the others, att_combine). */
+static inline float att_softmax(float *s, int n_keys)
 {
     const int nb = (n_keys + ATT_KB - 1) / ATT_KB;
     for (int k = n_keys; k < nb * ATT_KB; k++)
@@ -54,6 +56,7 @@ static inline void att_softmax(float *s, int n_keys)
     const float inv = 1.0f / total;
     for (int b = 0; b < nb; b++)
         v16_store(s + (size_t)b * ATT_KB, v16_load(s + (size_t)b * ATT_KB) * inv);
+    return mx + logf(total);
 }
 
 /* Scores of heads [0, hn) (hn <= ATT_HMAX) against the keys of NKB consecutive blocks from kb (1 or
@@ -152,26 +155,35 @@ static inline void att_values4(const float *p, size_t stride, int hn, const uint
 
 #define ATT_VCHUNK 64 /* keys per value chunk: 16 KB of values (head size 128) */
 
+/* keys seen by query j of a run whose first query sees n_keys0, capped at key_cap */
+static inline int att_query_keys(int n_keys0, int j, int key_cap)
+{
+    return n_keys0 + j < key_cap ? n_keys0 + j : key_cap;
+}
+
 /* floats of one head's scores for n_keys keys: whole key blocks */
 static inline size_t att_key_span(int n_keys) { return (size_t)(n_keys + ATT_KB - 1) / ATT_KB * ATT_KB; }
 
 /* Causal attention of nq consecutive query positions for the ng heads that share one key/value
- * head: query j (heads at q + j * q_stride, h * D) sees keys 0 .. n_keys0 + j - 1 of kt (transposed
- * blocks) and vc ([key][D]); its output goes to out + j * out_stride. scores holds nq * ng *
- * att_key_span(n_keys0 + nq - 1) floats. Each key block and value chunk is read from memory once
- * for all nq queries (from L1/L2 for the others): with one query at a time, a long prompt streamed
- * the whole cache from L3 for every position. Every query's result is the one it gets alone. */
+ * head: query j (heads at q + j * q_stride, h * D) sees keys 0 .. min(n_keys0 + j, key_cap) - 1 of
+ * kt (transposed blocks) and vc ([key][D]); its output goes to out + j * out_stride. scores holds
+ * nq * ng * att_key_span(n_keys0 + nq - 1) floats. Each key block and value chunk is read from memory
+ * once for all nq queries (from L1/L2 for the others): with one query at a time, a long prompt
+ * streamed the whole cache from L3 for every position. Every query's result is the one it gets
+ * alone. When lse is not NULL, lse[j * ng + h] receives the log of the softmax's sum: the keys may
+ * then be one slice of a longer cache (key_cap caps the queries that see past the slice), combined
+ * with the other slices by att_combine. */
 static inline void attend_queries(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt,
-                                  const uint16_t *vc, int n_keys0, int D, float scale, float *scores, float *out,
-                                  size_t out_stride)
+                                  const uint16_t *vc, int n_keys0, int key_cap, int D, float scale, float *scores,
+                                  float *out, size_t out_stride, float *lse)
 {
-    const int nk_max = n_keys0 + nq - 1;
+    const int nk_max = n_keys0 + nq - 1 < key_cap ? n_keys0 + nq - 1 : key_cap;
     const size_t span = att_key_span(nk_max); /* floats per head's scores */
     const int nb_max = (int)(span / ATT_KB);
     const int step = ATT_WIDE ? 2 : 1; /* key blocks per scores call */
     for (int b = 0; b < nb_max; b += step)
         for (int j = 0; j < nq; j++) {
-            const int nb = (int)(att_key_span(n_keys0 + j) / ATT_KB); /* this query's key blocks */
+            const int nb = (int)(att_key_span(att_query_keys(n_keys0, j, key_cap)) / ATT_KB); /* its blocks */
             if (b >= nb)
                 continue;
             for (int h0 = 0; h0 < ng; h0 += ATT_HMAX) {
@@ -198,11 +210,15 @@ static inline void attend_queries(const float *q, size_t q_stride, int nq, int n
             }
         }
     for (int j = 0; j < nq; j++)
-        for (int h = 0; h < ng; h++)
-            att_softmax(scores + ((size_t)j * ng + (size_t)h) * span, n_keys0 + j);
+        for (int h = 0; h < ng; h++) {
+            float *sh = scores + ((size_t)j * ng + (size_t)h) * span;
+            const float l = att_softmax(sh, att_query_keys(n_keys0, j, key_cap));
+            if (lse)
+                lse[(size_t)j * ng + (size_t)h] = l;
+        }
     for (int c0 = 0; c0 < nk_max; c0 += ATT_VCHUNK)
         for (int j = 0; j < nq; j++) {
-            const int nk = n_keys0 + j;
+            const int nk = att_query_keys(n_keys0, j, key_cap);
             if (c0 >= nk)
                 continue;
             const int c1 = c0 + ATT_VCHUNK < nk ? c0 + ATT_VCHUNK : nk;
@@ -210,6 +226,29 @@ static inline void attend_queries(const float *q, size_t q_stride, int nq, int n
                 att_values4(scores + ((size_t)j * ng + (size_t)h0) * span, span, ng - h0 < 4 ? ng - h0 : 4, vc, c0,
                             c1, D, out + (size_t)j * out_stride + (size_t)h0 * D);
         }
+}
+
+/* Joins the slices of one query head's attention computed separately (attend_queries with lse):
+ * slice s gave the output parts[s * part_stride + i] (i < D), normalised over its own keys, and the
+ * log of its softmax's sum lse[s * lse_stride]. Each slice is weighted by its share of the total sum,
+ * exp(lse_s - max) / sum over slices of exp(lse_t - max), which gives the softmax over all keys. */
+static inline void att_combine(const float *parts, size_t part_stride, const float *lse, size_t lse_stride,
+                               int n_parts, int D, float *out)
+{
+    float mx = lse[0];
+    for (int s = 1; s < n_parts; s++)
+        mx = lse[s * lse_stride] > mx ? lse[s * lse_stride] : mx;
+    float total = 0.0f;
+    for (int s = 0; s < n_parts; s++)
+        total += expf(lse[s * lse_stride] - mx);
+    for (int i = 0; i < D; i++)
+        out[i] = 0.0f;
+    for (int s = 0; s < n_parts; s++) {
+        const float w = expf(lse[s * lse_stride] - mx) / total;
+        const float *p = parts + s * part_stride;
+        for (int i = 0; i < D; i++)
+            out[i] += w * p[i];
+    }
 }
 
 #endif

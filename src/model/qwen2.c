@@ -1,6 +1,7 @@
 /* The Qwen2 forward pass (spec/engine.md §5), in float32 with packed 4/8-bit weights.
  * Prompts run in chunks of up to CHUNK tokens as matrix x matrix products; decode is the n = 1 case.
  * Every matmul and the attention are split across the model's thread pool. */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,10 +11,10 @@
 #include "model/vector_isa.h"
 
 static void attend_queries_generic(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt,
-                                   const uint16_t *vc, int n_keys0, int D, float scale, float *scores, float *out,
-                                   size_t out_stride)
+                                   const uint16_t *vc, int n_keys0, int key_cap, int D, float scale, float *scores,
+                                   float *out, size_t out_stride, float *lse)
 {
-    attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);
+    attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, key_cap, D, scale, scores, out, out_stride, lse);
 }
 
 static void silu_mul_generic(float *g, const float *u, int n) { v16_silu_mul_span(g, u, n); }
@@ -61,6 +62,8 @@ struct model_ctx {
     float *gate, *up;    /* [chunk][I] */
     float *rope_cos, *rope_sin; /* [chunk][D/2] */
     float *scores;       /* [n_threads][ATT_QUERIES][heads per kv head][n_ctx_pad] */
+    float *att_part;     /* [ATT_SPLIT_MAX][ATT_QUERIES][nh*D] attention of each slice of the keys */
+    float *att_lse;      /* [ATT_SPLIT_MAX][nkv][ATT_QUERIES][heads per kv head] log of each slice's softmax sum */
     float *last_norm;    /* [H] */
 };
 
@@ -192,10 +195,19 @@ static void rope_apply(float *v, const float *cs, const float *sn, int half)
 
 /* Queries attended together: each key block and value chunk is read once for all of them. */
 #define ATT_QUERIES 8
+/* Decode (a single run of queries) has only one item per key/value head, e.g. 2 for the 3B model,
+ * which leaves most cores of a larger machine idle while the cache is read. Its keys are then cut
+ * into slices, each attended on its own and joined by att_combine, for about ATT_SPLIT_ITEMS items
+ * per thread; a slice holds at least ATT_SPLIT_MIN_KEYS keys (a multiple of the value chunk), so
+ * that joining costs little against reading it, and there are at most ATT_SPLIT_MAX. */
+#define ATT_SPLIT_ITEMS 2
+#define ATT_SPLIT_MIN_KEYS 256
+#define ATT_SPLIT_MAX 32
 
 struct att_task {
     model_ctx *c;
     int layer, n_tok, pos0;
+    int slices, slice_keys; /* slices of the keys (1: not split) */
 };
 
 static void att_item(void *arg, int it, int t)
@@ -207,17 +219,59 @@ static void att_item(void *arg, int it, int t)
     const int group = nh / nkv;
     const float scale = 1.0f / sqrtf((float)D);
     float *scores = c->scores + (size_t)t * ATT_QUERIES * (size_t)group * (size_t)c->n_ctx_pad;
-    /* later queries see more keys: hand them out first so the last items are the short ones */
-    const int runs = (a->n_tok + ATT_QUERIES - 1) / ATT_QUERIES;
-    const int g = it % nkv, j0 = (runs - 1 - it / nkv) * ATT_QUERIES;
-    const int nq = a->n_tok - j0 < ATT_QUERIES ? a->n_tok - j0 : ATT_QUERIES;
+    const int g = it % nkv;
     const size_t head_kv = (size_t)a->layer * nkv + (size_t)g;
-    const float *q = c->q + (size_t)j0 * nh * D + (size_t)g * group * D;
     const uint16_t *kt = c->k_cache + head_kv * (size_t)c->n_ctx_pad * D;
     const uint16_t *vc = c->v_cache + head_kv * (size_t)c->n_ctx * D;
+    if (a->slices > 1) {
+        /* slice sl of the keys of the only run: partial outputs and log-sums into the slice's rows */
+        const int sl = it / nkv, k0 = sl * a->slice_keys;
+        const int cap = sl + 1 < a->slices ? a->slice_keys : INT_MAX;
+        c->m->attend(c->q + (size_t)g * group * D, (size_t)nh * D, a->n_tok, group,
+                     kt + (size_t)(k0 / ATT_KB) * ATT_KB * D, vc + (size_t)k0 * D, a->pos0 + 1 - k0, cap, D, scale,
+                     scores, c->att_part + (size_t)sl * ATT_QUERIES * nh * D + (size_t)g * group * D, (size_t)nh * D,
+                     c->att_lse + ((size_t)sl * nkv + (size_t)g) * ATT_QUERIES * group);
+        return;
+    }
+    /* later queries see more keys: hand them out first so the last items are the short ones */
+    const int runs = (a->n_tok + ATT_QUERIES - 1) / ATT_QUERIES;
+    const int j0 = (runs - 1 - it / nkv) * ATT_QUERIES;
+    const int nq = a->n_tok - j0 < ATT_QUERIES ? a->n_tok - j0 : ATT_QUERIES;
+    const float *q = c->q + (size_t)j0 * nh * D + (size_t)g * group * D;
     float *out = c->att + (size_t)j0 * nh * D + (size_t)g * group * D;
     /* causal: query j0 + j sees keys 0 .. pos0 + j0 + j */
-    c->m->attend(q, (size_t)nh * D, nq, group, kt, vc, a->pos0 + j0 + 1, D, scale, scores, out, (size_t)nh * D);
+    c->m->attend(q, (size_t)nh * D, nq, group, kt, vc, a->pos0 + j0 + 1, INT_MAX, D, scale, scores, out,
+                 (size_t)nh * D, NULL);
+}
+
+/* Attention of a chunk's n_tok queries for one layer, its output in c->att. */
+static void attention(model_ctx *c, int layer, int n_tok, int pos0)
+{
+    model *m = c->m;
+    const int nh = m->cfg.n_heads, nkv = m->cfg.n_kv_heads, D = m->cfg.head_dim;
+    const int runs = (n_tok + ATT_QUERIES - 1) / ATT_QUERIES, n_keys = pos0 + 1;
+    struct att_task at = {.c = c, .layer = layer, .n_tok = n_tok, .pos0 = pos0, .slices = 1};
+    const int want = ATT_SPLIT_ITEMS * threadpool_size(m->pool);
+    if (runs == 1 && nkv < want && n_keys >= 2 * ATT_SPLIT_MIN_KEYS) {
+        int slices = (want + nkv - 1) / nkv;
+        if (slices > ATT_SPLIT_MAX)
+            slices = ATT_SPLIT_MAX;
+        if (slices > n_keys / ATT_SPLIT_MIN_KEYS)
+            slices = n_keys / ATT_SPLIT_MIN_KEYS;
+        /* whole value chunks per slice; the last slice takes the rest */
+        at.slice_keys = (n_keys + slices - 1) / slices;
+        at.slice_keys = (at.slice_keys + ATT_VCHUNK - 1) / ATT_VCHUNK * ATT_VCHUNK;
+        at.slices = (n_keys + at.slice_keys - 1) / at.slice_keys;
+    }
+    threadpool_for(m->pool, att_item, &at, nkv * (at.slices > 1 ? at.slices : runs));
+    if (at.slices == 1)
+        return;
+    const int group = nh / nkv;
+    for (int j = 0; j < n_tok; j++)
+        for (int h = 0; h < nh; h++)
+            att_combine(c->att_part + ((size_t)j * nh + (size_t)h) * D, (size_t)ATT_QUERIES * nh * D,
+                        c->att_lse + ((size_t)(h / group) * ATT_QUERIES + (size_t)j) * group + (size_t)(h % group),
+                        (size_t)ATT_QUERIES * nh, at.slices, D, c->att + ((size_t)j * nh + (size_t)h) * D);
 }
 
 /* ---- context ---- */
@@ -255,8 +309,10 @@ int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
     c->scores = malloc((size_t)threadpool_size(m->pool) * ATT_QUERIES * (size_t)(cfg->n_heads / cfg->n_kv_heads) *
                        (size_t)c->n_ctx_pad * sizeof(float));
     c->last_norm = malloc(H * sizeof(float));
+    c->att_part = malloc((size_t)ATT_SPLIT_MAX * ATT_QUERIES * qd * sizeof(float));
+    c->att_lse = malloc((size_t)ATT_SPLIT_MAX * ATT_QUERIES * (size_t)cfg->n_heads * sizeof(float));
     if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj ||
-        !c->gate || !c->up || !c->rope_cos || !c->rope_sin || !c->scores || !c->last_norm) {
+        !c->att_part || !c->att_lse || !c->gate || !c->up || !c->rope_cos || !c->rope_sin || !c->scores || !c->last_norm) {
         model_ctx_free(c);
         return perr_set(err, "out of memory for a context of %d tokens", n_ctx);
     }
@@ -283,6 +339,8 @@ void model_ctx_free(model_ctx *c)
     free(c->rope_sin);
     free(c->scores);
     free(c->last_norm);
+    free(c->att_part);
+    free(c->att_lse);
     free(c);
 }
 
@@ -350,8 +408,7 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
             }
         }
 
-        struct att_task at = {.c = c, .layer = l, .n_tok = n, .pos0 = pos0};
-        threadpool_for(m->pool, att_item, &at, nkv * ((n + ATT_QUERIES - 1) / ATT_QUERIES));
+        attention(c, l, n, pos0);
 
         matmul1(m, &L->wo, c->att, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)

@@ -2,7 +2,10 @@
  * straightforward double-precision softmax attention: odd key counts (partial key blocks), head
  * groups of 1 to 11 (fewer and more than the 8 computed together; 5 to 8 have code of their own),
  * head sizes with and without a tail past the wide value blocks, runs of 1 to 9 causal queries
- * (each must get exactly what it gets alone), key counts across value chunks. Also the vector exp and SwiGLU's silu against exp(). */
+ * (each must get exactly what it gets alone), key counts across value chunks, and the keys cut into
+ * slices whose partial results att_combine joins (decode's split across threads). Also the vector
+ * exp and SwiGLU's silu against exp(). */
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -14,9 +17,10 @@
 #include "model/vector_isa.h"
 
 static void portable(const float *q, size_t q_stride, int nq, int ng, const uint16_t *kt, const uint16_t *vc,
-                     int n_keys0, int D, float scale, float *scores, float *out, size_t out_stride)
+                     int n_keys0, int key_cap, int D, float scale, float *scores, float *out, size_t out_stride,
+                     float *lse)
 {
-    attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, D, scale, scores, out, out_stride);
+    attend_queries(q, q_stride, nq, ng, kt, vc, n_keys0, key_cap, D, scale, scores, out, out_stride, lse);
 }
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
@@ -94,7 +98,17 @@ static void check_build(const char *name, attend_fn fn)
                             kt[((size_t)(s / ATT_KB) * D + (size_t)i) * ATT_KB + (size_t)(s % ATT_KB)] = kh;
                         }
                     const float scale = 1.0f / sqrtf((float)D);
-                    fn(q, qs, nq, ng, kt, vh, n_keys, D, scale, scores, out, qs);
+                    fn(q, qs, nq, ng, kt, vh, n_keys, INT_MAX, D, scale, scores, out, qs, NULL);
+                    /* the same keys in slices (32 and 48 keys, block multiples but not of the two-block
+                     * step), each query's slices then joined by att_combine */
+                    const int slice = (ki + ri) % 2 ? 48 : 32, n_slices = (n_keys - 1) / slice + 1;
+                    float *parts = malloc(sizeof(float) * qs * nq * n_slices);
+                    float *lse = malloc(sizeof(float) * (size_t)nq * ng * n_slices);
+                    for (int sl = 0; sl < n_slices; sl++) {
+                        const int k0 = sl * slice, cap = sl + 1 < n_slices ? slice : INT_MAX;
+                        fn(q, qs, nq, ng, kt + (size_t)(k0 / ATT_KB) * D * ATT_KB, vh + (size_t)k0 * D, n_keys - k0,
+                           cap, D, scale, scores, parts + (size_t)sl * nq * qs, qs, lse + (size_t)sl * nq * ng);
+                    }
                     for (int j = 0; j < nq; j++) {
                         const float *qj = q + (size_t)j * qs, *oj = out + (size_t)j * qs;
                         reference(qj, ng, k, v, n_keys + j, D, scale, want);
@@ -102,11 +116,23 @@ static void check_build(const char *name, attend_fn fn)
                             CHECK(fabs(oj[i] - want[i]) < 2e-5,
                                   "%s: D=%d heads=%d keys=%d query %d of %d: out[%d] = %.8g, want %.8g", name, D, ng,
                                   n_keys + j, j, nq, i, oj[i], want[i]);
-                        fn(qj, qs, 1, ng, kt, vh, n_keys + j, D, scale, scores, alone, qs);
+                        fn(qj, qs, 1, ng, kt, vh, n_keys + j, INT_MAX, D, scale, scores, alone, qs, NULL);
                         CHECK(memcmp(alone, oj, sizeof(float) * (size_t)ng * D) == 0,
                               "%s: D=%d heads=%d keys=%d: query %d of a run of %d differs from the query alone",
                               name, D, ng, n_keys + j, j, nq);
+                        for (int h = 0; h < ng; h++) {
+                            att_combine(parts + (size_t)j * qs + (size_t)h * D, qs * nq,
+                                        lse + (size_t)j * ng + (size_t)h, (size_t)nq * ng, n_slices, D, alone);
+                            for (int i = 0; i < D; i++)
+                                CHECK(fabs(alone[i] - want[(size_t)h * D + i]) < 2e-5,
+                                      "%s: D=%d heads=%d keys=%d query %d of %d in %d slices of %d: out[%d] = %.8g, "
+                                      "want %.8g",
+                                      name, D, ng, n_keys + j, j, nq, n_slices, slice, h * D + i, alone[i],
+                                      want[(size_t)h * D + i]);
+                        }
                     }
+                    free(parts);
+                    free(lse);
                     cases++;
                     free(q);
                     free(k);
