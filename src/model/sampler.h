@@ -33,4 +33,9 @@ void sampler_free(sampler *s);
  * If logprob is not NULL it receives log P(chosen) under the unpenalised distribution. */
 int sampler_sample(sampler *s, float *logits, int vocab, const int32_t *history, int n_history, float *logprob);
 
+/* The ids the filters (top_p, min_p, top_k, after the penalties) keep from logits[0..vocab)
+ * (modified in place), best first: their count (at least 1; -1 when out of memory) and, in *ids, the
+ * sampler's own array, valid until its next call. */
+int sampler_kept(sampler *s, float *logits, int vocab, const int32_t *history, int n_history, const int **ids);
+
 #endif

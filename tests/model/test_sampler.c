@@ -1,5 +1,6 @@
 /* The sampler against mlx-lm semantics (spec/engine.md §8). */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,123 @@ static void histogram(const sampler_params *p, const float *logits, int n, doubl
         freq[sampler_sample(s, buf, n, NULL, 0, NULL)] += 1.0 / draws;
     }
     sampler_free(s);
+}
+
+static int cmp_desc(const void *a, const void *b, void *l_)
+{
+    const float *l = l_;
+    const int x = *(const int *)a, y = *(const int *)b;
+    if (l[x] != l[y])
+        return l[x] > l[y] ? -1 : 1;
+    return x - y;
+}
+
+/* The ids mlx-lm's filters keep, by a full sort: the prefix of ids by descending logit (ties by id)
+ * ended by top_p (mass of the ids above below top_p), min_p and top_k, whichever is shortest. */
+static int kept_by_full_sort(const sampler_params *p, const float *l, int n, int *order)
+{
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    qsort_r(order, (size_t)n, sizeof *order, cmp_desc, (void *)l);
+    double mx = l[order[0]], sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp(l[i] - mx);
+    const double lse = mx + log(sum);
+    int keep = n;
+    if (p->top_p > 0 && p->top_p < 1) {
+        double above = 0;
+        int k = 0;
+        while (k < n && above < p->top_p)
+            above += exp(l[order[k++]] - lse);
+        keep = k < keep ? k : keep;
+    }
+    if (p->min_p > 0) {
+        int k = 0;
+        while (k < n && l[order[k]] >= mx + log((double)p->min_p))
+            k++;
+        k = k < 1 ? 1 : k;
+        keep = k < keep ? k : keep;
+    }
+    if (p->top_k > 0 && p->top_k < keep)
+        keep = p->top_k;
+    return keep;
+}
+
+/* A vocabulary of Qwen's size, where the sampler sorts only as much of it as the filters keep: for
+ * logits flat (~10^5 ids within 30 of the best), peaked and with ties, under top_p, min_p, top_k and
+ * their combinations, the kept ids are exactly a full sort's prefix, in its order; and where they are
+ * few, draws at a temperature high enough to weigh them about evenly hit every one and nothing else. */
+static void check_large_vocab(void)
+{
+    enum { N = 151665, DRAWS = 600, DRAWN_MAX = 20 };
+    float *l = malloc(N * sizeof *l), *buf = malloc(N * sizeof *buf);
+    int *order = malloc(N * sizeof *order), *hits = calloc(N, sizeof *hits);
+    uint64_t x = 88172645463325252ull;
+    int checked = 0, drawn_cases = 0;
+    static const struct {
+        float top_p, min_p;
+        int top_k;
+    } cases[] = {{0.8f, 0, 20}, {0.8f, 0, 0}, {0.3f, 0, 0}, {1, 0.9f, 0}, {1, 0, 100}, {0.5f, 0.5f, 0},
+                 {1, 0, 1},     {0.2f, 0, 150}, {1, 0.97f, 40}, {0.999f, 0, 0}, {0.95f, 0.2f, 3000}};
+    for (int shape = 0; shape < 3; shape++) {
+        for (int i = 0; i < N; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            const double u = (double)(x >> 11) / 9007199254740992.0;
+            l[i] = shape == 0 ? (float)(u * 10) : shape == 1 ? (float)(pow(u, 400) * 40) : (float)(int)(u * 8);
+        }
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            sampler_params p;
+            sampler_params_init(&p);
+            p.temperature = 100; /* weights within e^-0.3 of each other */
+            p.top_p = cases[c].top_p;
+            p.min_p = cases[c].min_p;
+            p.top_k = cases[c].top_k;
+            p.has_seed = true;
+            p.seed = 11;
+            const int keep = kept_by_full_sort(&p, l, N, order);
+            sampler *s = sampler_new(&p, N);
+            const int *ids;
+            memcpy(buf, l, N * sizeof *buf);
+            const int got = sampler_kept(s, buf, N, NULL, 0, &ids);
+            /* the same ids in the same order; where the counts differ, only by ids whose mass is at
+             * the level of float rounding (the sampler sums e^x in float, as mlx-lm does; the
+             * reference in double), which ties of ~10^5 tiny logits can put at top_p's boundary */
+            const int lo = got < keep ? got : keep, hi = got < keep ? keep : got;
+            int same = got >= 1;
+            for (int k = 0; same && k < lo; k++)
+                same = ids[k] == order[k];
+            double mx = l[order[0]], z = 0, between = 0;
+            for (int i = 0; i < N; i++)
+                z += exp(l[i] - mx);
+            for (int k = lo; k < hi; k++)
+                between += exp(l[order[k]] - mx) / z;
+            CHECK(same && between < 1e-6,
+                  "shape %d, top_p %g min_p %g top_k %d: kept %d ids, a full sort keeps %d (mass between %g)", shape,
+                  cases[c].top_p, cases[c].min_p, cases[c].top_k, got, keep, between);
+            checked++;
+            if (keep <= DRAWN_MAX) {
+                memset(hits, 0, N * sizeof *hits);
+                for (int d = 0; d < DRAWS; d++) {
+                    memcpy(buf, l, N * sizeof *buf);
+                    hits[sampler_sample(s, buf, N, NULL, 0, NULL)]++;
+                }
+                int inside = 0, drawn = 0;
+                for (int k = 0; k < keep; k++)
+                    inside += hits[order[k]] > 0;
+                for (int i = 0; i < N; i++)
+                    drawn += hits[i] > 0;
+                CHECK(inside == keep && drawn == keep, "shape %d case %zu: %d ids kept, %d of them drawn, %d in all",
+                      shape, c, keep, inside, drawn);
+                drawn_cases++;
+            }
+            sampler_free(s);
+        }
+    }
+    printf("large vocabulary: %d cases against a full sort, %d of them drawn\n", checked, drawn_cases);
+    free(l);
+    free(buf);
+    free(order);
+    free(hits);
 }
 
 int main(void)
@@ -152,5 +270,6 @@ int main(void)
         rmdir(dir);
     }
 
+    check_large_vocab();
     return test_result("ok");
 }
