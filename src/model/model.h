@@ -42,4 +42,10 @@ void model_ctx_truncate(model_ctx *c, int n);    /* keep the first n (prompt-cac
  * all_logits (n * vocab_size) every token's when not NULL. Fails if the context would overflow. */
 int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_last, float *all_logits, perr *err);
 
+/* One decode step of n distinct contexts of one model together: tokens[j] is appended to ctxs[j] and
+ * logits + j * vocab_size receives its next-token logits. Each weight is read once for all n (decode
+ * is bound by reading them), so n concurrent generations take about the time of one. n is at most
+ * the first context's batch size (256, or its n_ctx if smaller). */
+int model_batch_decode(model_ctx *const *ctxs, const int32_t *tokens, int n, float *logits, perr *err);
+
 #endif

@@ -208,7 +208,25 @@ struct att_task {
     model_ctx *c;
     int layer, n_tok, pos0;
     int slices, slice_keys; /* slices of the keys (1: not split) */
+    model_ctx *const *owners; /* a batch of single tokens of these contexts (model_batch_decode) */
 };
+
+/* Token j of a batch of contexts: one query against its own context's cache. */
+static void att_batch_item(void *arg, int it, int t)
+{
+    const struct att_task *a = arg;
+    model_ctx *c = a->c;
+    const model_config *cfg = &c->m->cfg;
+    const int D = cfg->head_dim, nh = cfg->n_heads, nkv = cfg->n_kv_heads, group = nh / nkv;
+    const int j = it / nkv, g = it % nkv;
+    model_ctx *o = a->owners[j];
+    const size_t head_kv = (size_t)a->layer * nkv + (size_t)g;
+    float *scores = o->scores + (size_t)t * ATT_QUERIES * (size_t)group * (size_t)o->n_ctx_pad;
+    const size_t at = (size_t)j * nh * D + (size_t)g * group * D;
+    c->m->attend(c->q + at, (size_t)nh * D, 1, group, o->k_cache + head_kv * (size_t)o->n_ctx_pad * D,
+                 o->v_cache + head_kv * (size_t)o->n_ctx * D, o->pos + 1, INT_MAX, D, 1.0f / sqrtf((float)D), scores,
+                 c->att + at, (size_t)nh * D, NULL);
+}
 
 static void att_item(void *arg, int it, int t)
 {
@@ -244,13 +262,18 @@ static void att_item(void *arg, int it, int t)
                  (size_t)nh * D, NULL);
 }
 
-/* Attention of a chunk's n_tok queries for one layer, its output in c->att. */
-static void attention(model_ctx *c, int layer, int n_tok, int pos0)
+/* Attention of a chunk's n_tok queries for one layer, its output in c->att; with owners, of one
+ * token of each of those contexts. */
+static void attention(model_ctx *c, model_ctx *const *owners, int layer, int n_tok, int pos0)
 {
     model *m = c->m;
     const int nh = m->cfg.n_heads, nkv = m->cfg.n_kv_heads, D = m->cfg.head_dim;
     const int runs = (n_tok + ATT_QUERIES - 1) / ATT_QUERIES, n_keys = pos0 + 1;
-    struct att_task at = {.c = c, .layer = layer, .n_tok = n_tok, .pos0 = pos0, .slices = 1};
+    struct att_task at = {.c = c, .layer = layer, .n_tok = n_tok, .pos0 = pos0, .slices = 1, .owners = owners};
+    if (owners) {
+        threadpool_for(m->pool, att_batch_item, &at, n_tok * nkv);
+        return;
+    }
     const int want = ATT_SPLIT_ITEMS * threadpool_size(m->pool);
     if (runs == 1 && nkv < want && n_keys >= 2 * ATT_SPLIT_MIN_KEYS) {
         int slices = (want + nkv - 1) / nkv;
@@ -353,8 +376,10 @@ void model_ctx_truncate(model_ctx *c, int n)
         c->pos = n;
 }
 
-/* Runs one chunk of n <= c->chunk tokens through all layers; leaves the final residual in c->x. */
-static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
+/* Runs n <= c->chunk tokens through all layers in c's buffers; leaves the final residual in c->x.
+ * Without owners they are the next n tokens of c; with owners, token j is the next of owners[j]
+ * (its position, its cache). */
+static void forward(model_ctx *c, model_ctx *const *owners, const int32_t *tokens, int n)
 {
     model *m = c->m;
     const model_config *cfg = &m->cfg;
@@ -365,8 +390,9 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
     for (int j = 0; j < n; j++)
         qweight_dequant_row(&m->embed, tokens[j], c->x + (size_t)j * H);
     for (int j = 0; j < n; j++) {
+        const int p = owners ? owners[j]->pos : pos0 + j;
         for (int i = 0; i < half; i++) {
-            double angle = (double)(pos0 + j) * m->rope_inv_freq[i];
+            double angle = (double)p * m->rope_inv_freq[i];
             c->rope_cos[(size_t)j * half + i] = (float)cos(angle);
             c->rope_sin[(size_t)j * half + i] = (float)sin(angle);
         }
@@ -394,13 +420,14 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
             }
             for (int h = 0; h < nh; h++)
                 rope_apply(q + (size_t)h * D, cs, sn, half);
-            const int p = pos0 + j;
+            model_ctx *o = owners ? owners[j] : c; /* whose cache */
+            const int p = owners ? o->pos : pos0 + j;
             for (int g = 0; g < nkv; g++) {
                 rope_apply(k + (size_t)g * D, cs, sn, half);
                 const size_t head_kv = (size_t)l * nkv + (size_t)g;
-                uint16_t *kb = c->k_cache + (head_kv * (size_t)c->n_ctx_pad + (size_t)(p / ATT_KB) * ATT_KB) * D +
+                uint16_t *kb = o->k_cache + (head_kv * (size_t)o->n_ctx_pad + (size_t)(p / ATT_KB) * ATT_KB) * D +
                                (size_t)(p % ATT_KB);
-                uint16_t *vb = c->v_cache + (head_kv * (size_t)c->n_ctx + (size_t)p) * D;
+                uint16_t *vb = o->v_cache + (head_kv * (size_t)o->n_ctx + (size_t)p) * D;
                 for (int d = 0; d < D; d++) {
                     kb[(size_t)d * ATT_KB] = f32_to_f16(k[(size_t)g * D + d]);
                     vb[d] = f32_to_f16(v[(size_t)g * D + d]);
@@ -408,7 +435,7 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
             }
         }
 
-        attention(c, l, n, pos0);
+        attention(c, owners, l, n, pos0);
 
         matmul1(m, &L->wo, c->att, n, c->proj, H);
         for (size_t i = 0; i < (size_t)n * H; i++)
@@ -425,7 +452,21 @@ static void forward_chunk(model_ctx *c, const int32_t *tokens, int n)
         for (size_t i = 0; i < (size_t)n * H; i++)
             c->x[i] += c->proj[i];
     }
-    c->pos += n;
+    if (!owners)
+        c->pos += n;
+    else
+        for (int j = 0; j < n; j++)
+            owners[j]->pos++;
+}
+
+/* The head on each of the n final residuals in c->x, into logits (n rows of vocab_size). */
+static void head_all(model_ctx *c, int n, float *logits)
+{
+    model *m = c->m;
+    const int H = m->cfg.hidden_size;
+    for (int j = 0; j < n; j++)
+        rmsnorm(c->xn + (size_t)j * H, c->x + (size_t)j * H, m->final_norm, H, m->cfg.rms_norm_eps);
+    matmul1(m, &m->head, c->xn, n, logits, m->cfg.vocab_size);
 }
 
 int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_last, float *all_logits, perr *err)
@@ -445,13 +486,9 @@ int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_las
     pthread_mutex_lock(&m->pool_lock);
     for (int done = 0; done < n;) {
         int cn = n - done < c->chunk ? n - done : c->chunk;
-        forward_chunk(c, tokens + done, cn);
-        if (all_logits) {
-            /* head on every token of the chunk, written straight into the caller's array */
-            for (int j = 0; j < cn; j++)
-                rmsnorm(c->xn + (size_t)j * H, c->x + (size_t)j * H, m->final_norm, H, cfg->rms_norm_eps);
-            matmul1(m, &m->head, c->xn, cn, all_logits + (size_t)done * V, V);
-        }
+        forward(c, NULL, tokens + done, cn);
+        if (all_logits) /* written straight into the caller's array */
+            head_all(c, cn, all_logits + (size_t)done * V);
         done += cn;
         if (done == n && logits_last) {
             if (all_logits) {
@@ -462,6 +499,32 @@ int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_las
             }
         }
     }
+    pthread_mutex_unlock(&m->pool_lock);
+    return 0;
+}
+
+int model_batch_decode(model_ctx *const *ctxs, const int32_t *tokens, int n, float *logits, perr *err)
+{
+    if (n <= 0)
+        return perr_set(err, "no tokens to evaluate");
+    model_ctx *c = ctxs[0];
+    model *m = c->m;
+    if (n > c->chunk)
+        return perr_set(err, "a batch of %d contexts, at most %d", n, c->chunk);
+    for (int j = 0; j < n; j++) {
+        if (ctxs[j]->m != m)
+            return perr_set(err, "the contexts of a batch belong to different models");
+        for (int i = 0; i < j; i++)
+            if (ctxs[i] == ctxs[j])
+                return perr_set(err, "a context appears twice in one batch");
+        if (ctxs[j]->pos >= ctxs[j]->n_ctx)
+            return perr_set(err, "context overflow: %d tokens held, context size %d", ctxs[j]->pos, ctxs[j]->n_ctx);
+        if (tokens[j] < 0 || tokens[j] >= m->cfg.vocab_size)
+            return perr_set(err, "token id %d is outside the vocabulary (0..%d)", tokens[j], m->cfg.vocab_size - 1);
+    }
+    pthread_mutex_lock(&m->pool_lock);
+    forward(c, ctxs, tokens, n);
+    head_all(c, n, logits);
     pthread_mutex_unlock(&m->pool_lock);
     return 0;
 }

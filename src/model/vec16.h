@@ -15,8 +15,10 @@
 
 typedef float v16 __attribute__((vector_size(64)));
 
-#if defined(__GNUC__) && !defined(__clang__)
 /* the helpers below are static inline: no vector ever crosses a real call boundary */
+#if defined(__clang__)
+#pragma clang diagnostic ignored "-Wpsabi"
+#elif defined(__GNUC__)
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 

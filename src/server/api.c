@@ -348,9 +348,13 @@ static int finish(api_session *s, const char *reason)
     s->finished = true;
     double total = seconds_since(&s->t_start);
     double gen_s = s->completion_tokens > 1 ? seconds_since(&s->t_first) : 0;
-    log_info("%s: prompt %zu tokens (%d cached), reply %d tokens, %s, %.2f s%s%.2f tok/s", s->id, s->n_prompt,
+    const int batch = s->gen ? generation_max_batch(s->gen) : 0;
+    char batched[64] = "";
+    if (batch > 1)
+        snprintf(batched, sizeof batched, ", decoded in batches of up to %d", batch);
+    log_info("%s: prompt %zu tokens (%d cached), reply %d tokens, %s, %.2f s%s%.2f tok/s%s", s->id, s->n_prompt,
              s->gen ? generation_cached_tokens(s->gen) : 0, s->completion_tokens, reason, total,
-             gen_s > 0 ? ", decode " : "", gen_s > 0 ? (s->completion_tokens - 1) / gen_s : 0.0);
+             gen_s > 0 ? ", decode " : "", gen_s > 0 ? (s->completion_tokens - 1) / gen_s : 0.0, batched);
     /* The slot is free for the next request as soon as the reply is complete. */
     s->cached = s->gen ? generation_cached_tokens(s->gen) : 0;
     generation_end(s->gen);

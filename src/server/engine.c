@@ -48,7 +48,18 @@ struct engine {
     waiter *queue_head, *queue_tail;
     uint64_t clock;
     atomic_bool shutdown;
+    /* Decode batching: generations that want their next token gather in `batch`; the first to find
+     * no step running leads one for all gathered (model_batch_decode reads the weights once for
+     * them all), after waiting up to BATCH_WAIT_NS for the others past their prompt to join. */
+    pthread_mutex_t batch_lock;
+    pthread_cond_t batch_cond;
+    struct generation **batch;
+    int n_batch, n_decoding;
+    bool batch_running;
+    float *batch_logits; /* [n_slots][vocab] */
 };
+
+#define BATCH_WAIT_NS (2 * 1000 * 1000)
 
 struct generation {
     engine *e;
@@ -65,6 +76,11 @@ struct generation {
     float *scratch; /* logits copy for log-probabilities */
     bool (*should_abort)(void *); /* polled between prefill chunks: a long prompt is not evaluated for nobody */
     void *abort_ud;
+    bool decoding;   /* counted in e->n_decoding */
+    bool step_done;  /* its batch step ran (under batch_lock) */
+    int max_batch;   /* the most generations one of its steps ran with */
+    int step_rc;
+    perr step_err;
 };
 
 static void add_eos(engine *e, int32_t id)
@@ -106,6 +122,8 @@ int engine_load(const engine_options *o, engine **out, perr *err)
         return perr_set(err, "out of memory");
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->cond, NULL);
+    pthread_mutex_init(&e->batch_lock, NULL);
+    pthread_cond_init(&e->batch_cond, NULL);
     snprintf(e->name, sizeof e->name, "%s", o->model_name ? o->model_name : o->model_dir);
     snprintf(e->dir, sizeof e->dir, "%s", o->model_dir);
     if (model_load(o->model_dir, o->n_threads, &e->model, err) != 0)
@@ -152,6 +170,12 @@ int engine_load(const engine_options *o, engine **out, perr *err)
         perr_set(err, "out of memory");
         goto fail;
     }
+    e->batch = calloc((size_t)e->n_slots, sizeof *e->batch);
+    e->batch_logits = e->n_slots > 1 ? malloc((size_t)e->n_slots * e->vocab * sizeof *e->batch_logits) : NULL;
+    if (!e->batch || (e->n_slots > 1 && !e->batch_logits)) {
+        perr_set(err, "out of memory");
+        goto fail;
+    }
     for (int i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
         s->index = i;
@@ -182,6 +206,8 @@ void engine_free(engine *e)
             free(e->slots[i].logits);
         }
     free(e->slots);
+    free(e->batch);
+    free(e->batch_logits);
     cJSON_Delete(e->template_vars);
     if (e->tmpl)
         chat_template_free(e->tmpl);
@@ -191,6 +217,8 @@ void engine_free(engine *e)
         model_free(e->model);
     pthread_mutex_destroy(&e->lock);
     pthread_cond_destroy(&e->cond);
+    pthread_mutex_destroy(&e->batch_lock);
+    pthread_cond_destroy(&e->batch_cond);
     free(e);
 }
 
@@ -347,13 +375,29 @@ fail:
 }
 
 int generation_prompt_tokens(const generation *g) { return g->n_prompt; }
+int generation_max_batch(const generation *g) { return g->max_batch; }
 int generation_cached_tokens(const generation *g) { return g->cached; }
+
+/* Counts g among the generations whose next step is a decode (or no longer): a batch leader waits
+ * for those. */
+static void set_decoding(generation *g, bool on)
+{
+    engine *e = g->e;
+    if (g->decoding == on)
+        return;
+    pthread_mutex_lock(&e->batch_lock);
+    g->decoding = on;
+    e->n_decoding += on ? 1 : -1;
+    pthread_cond_broadcast(&e->batch_cond);
+    pthread_mutex_unlock(&e->batch_lock);
+}
 
 void generation_end(generation *g)
 {
     if (!g)
         return;
     engine *e = g->e;
+    set_decoding(g, false);
     pthread_mutex_lock(&e->lock);
     g->s->busy = false;
     g->s->last_used = ++e->clock;
@@ -402,7 +446,88 @@ static int prefill_chunk(generation *g, perr *err)
         return -1;
     g->prefill_pos = pos + n;
     g->prefilled = g->prefill_pos == g->n_prompt;
+    if (g->prefilled)
+        set_decoding(g, true);
     return 0;
+}
+
+/* Runs one decode step for the members of a batch (their pending tokens): together when several,
+ * through eval() when alone (which keeps single-stream decode exactly as it was). */
+static void run_step(engine *e, generation **members, int n)
+{
+    for (int j = 0; j < n; j++)
+        members[j]->max_batch = n > members[j]->max_batch ? n : members[j]->max_batch;
+    if (n == 1) {
+        generation *g = members[0];
+        g->step_rc = eval(g, &g->pending, 1, true, &g->step_err);
+        return;
+    }
+    model_ctx *ctxs[64];
+    int32_t toks[64];
+    for (int j = 0; j < n; j++) {
+        ctxs[j] = members[j]->s->ctx;
+        toks[j] = members[j]->pending;
+    }
+    perr err = {0};
+    const int rc = model_batch_decode(ctxs, toks, n, e->batch_logits, &err);
+    for (int j = 0; j < n; j++) {
+        generation *g = members[j];
+        slot *s = g->s;
+        g->step_rc = rc;
+        if (rc != 0) {
+            g->step_err = err;
+            model_ctx_truncate(s->ctx, 0); /* as eval() does: forget the cache rather than guess */
+            s->n_tokens = 0;
+            continue;
+        }
+        memcpy(s->logits, e->batch_logits + (size_t)j * e->vocab, (size_t)e->vocab * sizeof *s->logits);
+        s->tokens[s->n_tokens++] = g->pending;
+    }
+}
+
+/* Evaluates g's pending token, batched with the other generations that decode at the same time. */
+static int decode_step(generation *g, perr *err)
+{
+    engine *e = g->e;
+    const int max_members = e->n_ctx < 64 ? e->n_ctx : 64; /* model_batch_decode's limit */
+    pthread_mutex_lock(&e->batch_lock);
+    g->step_done = false;
+    e->batch[e->n_batch++] = g;
+    pthread_cond_broadcast(&e->batch_cond);
+    while (!g->step_done) {
+        if (e->batch_running) {
+            pthread_cond_wait(&e->batch_cond, &e->batch_lock);
+            continue;
+        }
+        /* lead a step: first give the others that decode a moment to join */
+        e->batch_running = true;
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += BATCH_WAIT_NS;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (e->n_batch < e->n_decoding && e->n_batch < max_members &&
+               pthread_cond_timedwait(&e->batch_cond, &e->batch_lock, &until) == 0) {
+        }
+        generation *members[64];
+        const int n = e->n_batch < max_members ? e->n_batch : max_members;
+        memcpy(members, e->batch, (size_t)n * sizeof *members);
+        memmove(e->batch, e->batch + n, (size_t)(e->n_batch - n) * sizeof *e->batch);
+        e->n_batch -= n;
+        pthread_mutex_unlock(&e->batch_lock);
+        run_step(e, members, n);
+        pthread_mutex_lock(&e->batch_lock);
+        for (int j = 0; j < n; j++)
+            members[j]->step_done = true;
+        e->batch_running = false;
+        pthread_cond_broadcast(&e->batch_cond);
+    }
+    pthread_mutex_unlock(&e->batch_lock);
+    if (g->step_rc != 0)
+        *err = g->step_err;
+    return g->step_rc;
 }
 
 void generation_prefill_progress(const generation *g, int *done, int *total)
@@ -474,7 +599,7 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
             *finish = GEN_LENGTH;
             return 0;
         }
-        if (eval(g, &g->pending, 1, true, err) != 0)
+        if (decode_step(g, err) != 0)
             return -1;
         g->pending = -1;
     }

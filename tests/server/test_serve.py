@@ -480,6 +480,38 @@ class Api(unittest.TestCase):
             self.assertTrue(u["completion_tokens"] == 12 or body["choices"][0]["finish_reason"] == "stop", body)
         self.assertEqual(len({b["id"] for _, b in results}), 5)
 
+    def test_batched_decode(self):
+        # Two generations at once decode together (one weight read per step for both) and reply exactly
+        # what each replies alone; each alone on a fresh server, so no cached prefix differs.
+        reqs = [chat(f"Tell me about the number {i}", max_tokens=150, temperature=0) for i in (7, 8)]
+        alone = []
+        for req in reqs:
+            srv = Server("--parallel", "2")
+            try:
+                alone.append(srv.json("POST", "/v1/chat/completions", req))
+            finally:
+                self.assertEqual(srv.stop(), 0)
+        srv = Server("--parallel", "2")
+        try:
+            together = [None, None]
+
+            def worker(i):
+                together[i] = srv.json("POST", "/v1/chat/completions", reqs[i])
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            log = srv.read_log()
+        finally:
+            self.assertEqual(srv.stop(), 0)
+        for (st_a, a), (st_t, t) in zip(alone, together):
+            self.assertEqual((st_a, st_t), (200, 200), (a, t))
+            self.assertEqual(t["choices"][0]["message"], a["choices"][0]["message"])
+            self.assertEqual(t["usage"]["completion_tokens"], a["usage"]["completion_tokens"])
+        self.assertIn("decoded in batches of up to 2", log)
+
     def test_long_prompt_keepalive(self):
         # A prompt of several chunks: the stream says it is alive while the prompt is read.
         c = self.srv.conn()
