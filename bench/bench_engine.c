@@ -8,7 +8,9 @@
  * peak RSS / (weights + KV cache). The bandwidth is read 20 times (before and after the model
  * runs); besides the mean decode rate against the best pass, the ratios pair the median token with
  * the median pass and the fastest token with the best pass, since on a shared host both drift; and
- * a paired ratio times short decode steps each right after its own bandwidth passes. */
+ * a paired ratio times short decode steps each right after its own bandwidth passes. Then: decode
+ * steps of 2 and 4 contexts together against one (serve --parallel), and the time sampling takes per
+ * token with Qwen's generation_config against greedy. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +22,7 @@
 
 #include "kernels/qmatmul.h"
 #include "model/model.h"
+#include "model/sampler.h"
 #include "util/threadpool.h"
 
 static double now_s(void)
@@ -174,6 +177,73 @@ static int argmax(const float *l, int n)
 }
 
 #define PAIR_TOKENS 2
+
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
+#define BATCH_ROUNDS 8
+
+/* Decode steps of b contexts together (model_batch_decode, what `serve --parallel` does for
+ * concurrent requests) against steps of one context, alternated; returns the median time of a
+ * batched step divided by that of a single step, and the batched tokens/s in *tps. */
+static double batched_decode(model *m, int b, double *tps)
+{
+    enum { PROMPT = 16 };
+    model_ctx *ctxs[8];
+    int32_t toks[8], prompt[PROMPT];
+    perr err;
+    const int V = model_get_config(m)->vocab_size;
+    float *logits = malloc((size_t)b * V * sizeof *logits);
+    double one[BATCH_ROUNDS], many[BATCH_ROUNDS];
+    for (int i = 0; i < PROMPT; i++)
+        prompt[i] = (i * 7919 + 11) % 151000;
+    for (int j = 0; j < b; j++)
+        if (model_ctx_new(m, PROMPT + 2 * BATCH_ROUNDS + 2, &ctxs[j], &err) != 0 ||
+            model_ctx_eval(ctxs[j], prompt, PROMPT, NULL, NULL, &err) != 0) {
+            fprintf(stderr, "%s\n", err.msg);
+            return 0;
+        }
+    for (int r = 0; r < BATCH_ROUNDS; r++) {
+        for (int j = 0; j < b; j++)
+            toks[j] = (r * 31 + j * 97 + 5) % 151000;
+        double t0 = now_s();
+        if (model_ctx_eval(ctxs[0], toks, 1, logits, NULL, &err) != 0)
+            break;
+        one[r] = now_s() - t0;
+        t0 = now_s();
+        if (model_batch_decode(ctxs, toks, b, logits, &err) != 0)
+            break;
+        many[r] = now_s() - t0;
+    }
+    for (int j = 0; j < b; j++)
+        model_ctx_free(ctxs[j]);
+    free(logits);
+    const double t_many = median_of(many, BATCH_ROUNDS);
+    *tps = b / t_many;
+    return t_many / median_of(one, BATCH_ROUNDS);
+}
+
+/* Median time of sampler_sample on the given logits with parameters p (what every generated token
+ * costs besides the forward pass). */
+static double sample_time(const sampler_params *p, const float *logits, int vocab, const int32_t *hist, int n_hist)
+{
+    enum { REPS = 21 };
+    float *buf = malloc((size_t)vocab * sizeof *buf);
+    sampler *sm = sampler_new(p, 151665 < vocab ? 151665 : vocab);
+    double t[REPS];
+    for (int r = 0; r < REPS; r++) {
+        memcpy(buf, logits, (size_t)vocab * sizeof *buf);
+        const double t0 = now_s();
+        sampler_sample(sm, buf, vocab, hist, n_hist, NULL);
+        t[r] = now_s() - t0;
+    }
+    sampler_free(sm);
+    free(buf);
+    return median_of(t, REPS);
+}
 
 int main(int argc, char **argv)
 {
@@ -345,6 +415,26 @@ int main(int argc, char **argv)
            "passes right before it; quartiles %.2f-%.2f)\n", paired, pairs, PAIR_TOKENS, paired_lo, paired_hi);
     printf("RATIO prefill/decode    %.2f\n", prefill_tps / decode_tps);
     printf("RATIO rss/(weights+kv)  %.3f\n", rss / (files + kv));
+
+    /* after the peak RSS was read: these add contexts of their own */
+    for (int b = 2; b <= 4; b *= 2) {
+        double tps = 0;
+        const double r = batched_decode(m, b, &tps);
+        printf("batched decode   %d contexts: %.2f tokens/s in all; RATIO step time / single step %.2f\n", b, tps, r);
+    }
+    sampler_params qwen; /* Qwen2.5's generation_config.json */
+    sampler_params_init(&qwen);
+    qwen.temperature = 0.7f;
+    qwen.top_p = 0.8f;
+    qwen.top_k = 20;
+    qwen.repetition_penalty = 1.05f;
+    qwen.has_seed = true;
+    sampler_params greedy;
+    sampler_params_init(&greedy);
+    const double t_qwen = sample_time(&qwen, logits, c->vocab_size, toks, n_prompt);
+    const double t_greedy = sample_time(&greedy, logits, c->vocab_size, toks, n_prompt);
+    printf("sampling         %.3f ms per token (temperature 0.7, top_p 0.8, top_k 20, penalty 1.05), greedy %.3f ms; "
+           "RATIO sampling/decode token %.3f\n", t_qwen * 1e3, t_greedy * 1e3, t_qwen * median_tps);
     free(toks);
     free(logits);
     model_ctx_free(ctx);
