@@ -226,6 +226,33 @@ static double batched_decode(model *m, int b, double *tps)
     return t_many / median_of(one, BATCH_ROUNDS);
 }
 
+/* A decode step of 1 + k tokens of one context (prompt lookup's step: the next token and k draft
+ * tokens, model/lookup.h) against a step of one token, alternated and rolled back each time; returns
+ * the median time ratio: a step that keeps a drafts gives 1 + a tokens for that price. */
+static double draft_step_ratio(model *m, model_ctx *c, int k, float *logits)
+{
+    int32_t toks[17];
+    perr err;
+    double one[BATCH_ROUNDS], many[BATCH_ROUNDS];
+    const int pos = model_ctx_pos(c);
+    for (int i = 0; i <= k; i++)
+        toks[i] = (i * 4099 + 17) % 151000;
+    for (int r = 0; r < BATCH_ROUNDS; r++) {
+        double t0 = now_s();
+        if (model_ctx_eval(c, toks, 1, logits, NULL, &err) != 0)
+            return 0;
+        one[r] = now_s() - t0;
+        model_ctx_truncate(c, pos);
+        t0 = now_s();
+        if (model_ctx_eval(c, toks, k + 1, NULL, logits, &err) != 0)
+            return 0;
+        many[r] = now_s() - t0;
+        model_ctx_truncate(c, pos);
+    }
+    (void)m;
+    return median_of(many, BATCH_ROUNDS) / median_of(one, BATCH_ROUNDS);
+}
+
 /* Median time of sampler_sample on the given logits with parameters p (what every generated token
  * costs besides the forward pass). */
 static double sample_time(const sampler_params *p, const float *logits, int vocab, const int32_t *hist, int n_hist)
@@ -301,7 +328,7 @@ int main(int argc, char **argv)
     double t_load = now_s() - t0;
     const model_config *c = model_get_config(m);
     const int n_pairs = n_gen < 8 ? 8 : n_gen; /* paired steps of PAIR_TOKENS tokens (below) */
-    int n_ctx = n_prompt + n_gen + n_pairs * PAIR_TOKENS + 1;
+    int n_ctx = n_prompt + n_gen + n_pairs * PAIR_TOKENS + 1 + 8; /* + room for the lookup steps */
     model_ctx *ctx;
     if (model_ctx_new(m, n_ctx, &ctx, &err) != 0) {
         fprintf(stderr, "%s\n", err.msg);
@@ -422,6 +449,12 @@ int main(int argc, char **argv)
         const double r = batched_decode(m, b, &tps);
         printf("batched decode   %d contexts: %.2f tokens/s in all; RATIO step time / single step %.2f\n", b, tps, r);
     }
+    float *rows = malloc((size_t)8 * c->vocab_size * sizeof *rows);
+    if (rows && model_ctx_pos(ctx) + 8 <= model_ctx_n_ctx(ctx))
+        for (int k = 1; k <= 7; k = 2 * k + 1)
+            printf("lookup step      1 + %d draft tokens: RATIO step time / single step %.2f\n", k,
+                   draft_step_ratio(m, ctx, k, rows));
+    free(rows);
     sampler_params qwen; /* Qwen2.5's generation_config.json */
     sampler_params_init(&qwen);
     qwen.temperature = 0.7f;

@@ -10,6 +10,7 @@
 
 #include "cli/cli.h"
 #include "hub/local.h"
+#include "model/lookup.h"
 #include "model/model.h"
 #include "model/sampler.h"
 #include "tokenizer/chat_template.h"
@@ -23,7 +24,7 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: punie generate [--model M] [--models-dir D] (--prompt TEXT | --prompt-file F) [--system TEXT]\n"
             "                      [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--min-p P]\n"
-            "                      [--repetition-penalty R] [--seed S] [--threads N] [--raw]\n\n"
+            "                      [--repetition-penalty R] [--seed S] [--threads N] [--draft N] [--raw]\n\n"
             "  --model M             local (default), local:REPO, or a model folder\n"
             "  --models-dir D        where downloaded models live\n"
             "  --prompt TEXT         the user message ('-' reads stdin)\n"
@@ -33,6 +34,8 @@ static void usage(FILE *out)
             "  --temperature T       0 = greedy; sampling defaults come from generation_config.json\n"
             "  --top-p P, --top-k K, --min-p P, --repetition-penalty R, --seed S\n"
             "  --threads N           worker threads (default: all cores)\n"
+            "  --draft N             prompt lookup: up to N tokens copied from earlier in the text are\n"
+            "                        checked per step (0: off; default 8); the output is the same\n"
             "  --raw                 feed the prompt as is, without the chat template\n");
 }
 
@@ -126,7 +129,7 @@ static void write_text(const char *s, size_t len)
 int cmd_generate(int argc, char **argv)
 {
     const char *model_spec = NULL, *models_dir = NULL, *prompt = NULL, *prompt_file = NULL, *system = NULL;
-    int max_tokens = 256, threads = 0;
+    int max_tokens = 256, threads = 0, draft_max = 8;
     bool raw = false, print_ids = false;
     sampler_params cli;
     sampler_params_init(&cli);
@@ -169,6 +172,10 @@ int cmd_generate(int argc, char **argv)
             if (parse_num(a, v, 0, 4096, &d))
                 return 2;
             threads = (int)d;
+        } else if (strcmp(a, "--draft") == 0) {
+            if (parse_num(a, v, 0, LOOKUP_DRAFT_MAX, &d))
+                return 2;
+            draft_max = (int)d;
         } else if (strcmp(a, "--temperature") == 0 || strcmp(a, "--temp") == 0) {
             if (parse_num(a, v, 0, 100, &d))
                 return 2;
@@ -325,7 +332,9 @@ int cmd_generate(int argc, char **argv)
     int32_t stops[8];
     int n_stops = stop_ids(tok, rm.dir, stops, 8);
 
-    logits = malloc((size_t)cfg->vocab_size * sizeof *logits);
+    /* one row of logits per token of a step: the next token and its draft */
+    const int V = cfg->vocab_size;
+    logits = malloc((size_t)(draft_max + 1) * V * sizeof *logits);
     hist = malloc(((size_t)n_ctx + 1) * sizeof *hist);
     detok = detokenizer_new(tok, true);
     if (!smp || !logits || !hist || !detok) {
@@ -346,8 +355,15 @@ int cmd_generate(int argc, char **argv)
     double t1 = now_s();
     if (print_ids)
         fprintf(stderr, "ids:");
+    /* The step just evaluated put the logits of each of its tokens in rows 0..k: the token sampled
+     * from row r is the one after draft[r - 1] (after the step's first token for r = 0), and while it
+     * equals draft[r] that draft token is already in the cache and row r + 1 is next. */
+    lookup_budget budget;
+    lookup_budget_init(&budget, draft_max);
+    int32_t step[LOOKUP_DRAFT_MAX + 1], *draft = step + 1;
+    int k = 0, row = 0, base = 0, drafted = 0, accepted = 0;
     while (n_gen < max_tokens) {
-        int id = sampler_sample(smp, logits, cfg->vocab_size, hist, n_hist, NULL);
+        int id = sampler_sample(smp, logits + (size_t)row * V, V, hist, n_hist, NULL);
         n_gen++;
         bool stop = false;
         for (int i = 0; i < n_stops; i++)
@@ -362,9 +378,28 @@ int cmd_generate(int argc, char **argv)
         if (detokenizer_push(detok, id, &piece, &plen) == 0)
             write_text(piece, plen);
         free(piece);
-        if (n_gen >= max_tokens || model_ctx_pos(ctx) >= model_ctx_n_ctx(ctx))
+        if (n_gen >= max_tokens)
             break;
-        if (model_ctx_eval(ctx, &hist[n_hist - 1], 1, logits, NULL, &err) != 0) {
+        if (row < k && id == draft[row]) {
+            row++;
+            accepted++;
+            continue;
+        }
+        if (k > 0) { /* drop the rest of the draft from the cache */
+            lookup_budget_update(&budget, k, row);
+            model_ctx_truncate(ctx, base + 1 + row);
+        }
+        if (model_ctx_pos(ctx) >= model_ctx_n_ctx(ctx))
+            break;
+        /* next step: id and a draft that fits the context and the tokens still wanted */
+        int room = model_ctx_n_ctx(ctx) - model_ctx_pos(ctx) - 1, left = max_tokens - n_gen - 1;
+        room = room < left ? room : left;
+        step[0] = id;
+        k = lookup_draft(hist, n_hist, draft, budget.next < room ? budget.next : room);
+        drafted += k;
+        base = model_ctx_pos(ctx);
+        row = 0;
+        if (model_ctx_eval(ctx, step, k + 1, k ? NULL : logits, k ? logits : NULL, &err) != 0) {
             fprintf(stderr, "\npunie generate: %s\n", err.msg);
             goto out;
         }
@@ -385,6 +420,8 @@ int cmd_generate(int argc, char **argv)
     fprintf(stderr, "==========\n");
     fprintf(stderr, "Prompt: %zu tokens, %.3f tokens-per-sec\n", n_prompt, t_prompt > 0 ? n_prompt / t_prompt : 0.0);
     fprintf(stderr, "Generation: %d tokens, %.3f tokens-per-sec\n", n_gen, t_gen > 0 ? n_gen / t_gen : 0.0);
+    if (drafted > 0)
+        fprintf(stderr, "Lookup: %d of %d draft tokens accepted\n", accepted, drafted);
     fprintf(stderr, "Peak memory: %.3f GB\n", ru.ru_maxrss / 1e6);
     fprintf(stderr, "Load: %.3f s\n", t_load);
     rc = 0;

@@ -13,6 +13,7 @@
 
 #include "cli/cli.h"
 #include "hub/local.h"
+#include "model/lookup.h"
 #include "server/engine.h"
 #include "server/http.h"
 #include "util/log.h"
@@ -21,7 +22,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: punie serve [--model M] [--host 127.0.0.1] [--port 8000] [--models-dir DIR] [--threads N]\n"
-            "                   [--ctx-size N] [--parallel N] [--api-key KEY] [--log-file PATH]\n\n"
+            "                   [--ctx-size N] [--parallel N] [--draft N] [--api-key KEY] [--log-file PATH]\n\n"
             "  --model M       'local' (the default model), 'local:REPO' or a model folder\n"
             "                  (default: $PUNIE_MODEL, else 'local'). Nothing is ever downloaded.\n"
             "  --host H        address to listen on (default 127.0.0.1)\n"
@@ -30,6 +31,8 @@ static void usage(FILE *out)
             "  --threads N     compute threads (default: all cores)\n"
             "  --ctx-size N    context length per generation slot in tokens (default 4096)\n"
             "  --parallel N    generations run at once; more requests wait (default 1)\n"
+            "  --draft N       prompt lookup: up to N tokens copied from earlier in the text are checked\n"
+            "                  per decode step (0: off; default 8); replies are the same\n"
             "  --api-key KEY   require 'Authorization: Bearer KEY' (default $PUNIE_API_KEY, else none)\n"
             "  --log-file P    append the log to P instead of standard error\n");
 }
@@ -78,7 +81,7 @@ int cmd_serve(int argc, char **argv)
 {
     const char *model_spec = NULL, *host = "127.0.0.1", *models_dir = NULL, *api_key = getenv("PUNIE_API_KEY");
     const char *log_path = NULL;
-    int port = 8000, threads = 0, ctx = 4096, parallel = 1;
+    int port = 8000, threads = 0, ctx = 4096, parallel = 1, draft = 8;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -86,7 +89,7 @@ int cmd_serve(int argc, char **argv)
             return 0;
         }
         const char *names[] = {"--model", "--host", "--port", "--models-dir", "--threads", "--ctx-size",
-                               "--parallel", "--api-key", "--log-file"};
+                               "--parallel", "--api-key", "--log-file", "--draft"};
         int which = -1;
         const char *val = NULL;
         for (int k = 0; k < (int)(sizeof names / sizeof *names); k++) {
@@ -120,6 +123,7 @@ int cmd_serve(int argc, char **argv)
         case 6: if (parse_int("--parallel", val, 1, 64, &parallel)) return 2; break;
         case 7: api_key = val; break;
         case 8: log_path = val; break;
+        case 9: if (parse_int("--draft", val, 0, LOOKUP_DRAFT_MAX, &draft)) return 2; break;
         }
     }
 
@@ -161,7 +165,7 @@ int cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &stop_set, NULL);
 
     engine_options eo = {.model_dir = rm.dir, .model_name = rm.name, .n_threads = threads, .n_ctx = ctx,
-                         .n_parallel = parallel};
+                         .n_parallel = parallel, .draft_max = draft};
     engine *e = NULL;
     if (engine_load(&eo, &e, &err) != 0) {
         fprintf(stderr, "Error: cannot load model '%s': %s\n", rm.name, err.msg);

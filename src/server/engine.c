@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "model/lookup.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
 #include "util/fs.h"
@@ -41,6 +42,7 @@ struct engine {
     int vocab, n_valid, n_ctx;
     int32_t eos[MAX_EOS];
     int n_eos;
+    int draft_max; /* prompt lookup draft tokens per step; 0: off */
     slot *slots;
     int n_slots;
     pthread_mutex_t lock;
@@ -79,6 +81,12 @@ struct generation {
     bool decoding;   /* counted in e->n_decoding */
     bool step_done;  /* its batch step ran (under batch_lock) */
     int max_batch;   /* the most generations one of its steps ran with */
+    /* prompt lookup (model/lookup.h): a step evaluated `step` (the pending token, then k draft
+     * tokens) from cache length `base`, the logits of each in rows; `row` is the next to sample */
+    lookup_budget budget;
+    float *rows;
+    int32_t step[LOOKUP_DRAFT_MAX + 1];
+    int k, row, base, drafted, accepted;
     int step_rc;
     perr step_err;
 };
@@ -150,6 +158,7 @@ int engine_load(const engine_options *o, engine **out, perr *err)
     e->n_valid = tokenizer_size(e->tok);
     if (e->n_valid <= 0 || e->n_valid > e->vocab)
         e->n_valid = e->vocab;
+    e->draft_max = o->draft_max < 0 ? 0 : o->draft_max > LOOKUP_DRAFT_MAX ? LOOKUP_DRAFT_MAX : o->draft_max;
     e->n_ctx = o->n_ctx > 0 ? o->n_ctx : 4096;
     if (cfg->max_position_embeddings > 0 && e->n_ctx > cfg->max_position_embeddings)
         e->n_ctx = cfg->max_position_embeddings;
@@ -313,7 +322,9 @@ generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_p
     g->prompt = malloc(n * sizeof *prompt);
     g->sampler = sampler_new(&p->sampling, e->n_valid);
     g->scratch = malloc((size_t)e->vocab * sizeof *g->scratch);
-    if (!g->prompt || !g->sampler || !g->scratch) {
+    lookup_budget_init(&g->budget, e->draft_max);
+    g->rows = e->draft_max > 0 ? malloc((size_t)(e->draft_max + 1) * e->vocab * sizeof *g->rows) : NULL;
+    if (!g->prompt || !g->sampler || !g->scratch || (e->draft_max > 0 && !g->rows)) {
         perr_set(err, "out of memory");
         goto fail;
     }
@@ -370,11 +381,17 @@ fail:
     if (g->sampler)
         sampler_free(g->sampler);
     free(g->scratch);
+    free(g->rows);
     free(g);
     return NULL;
 }
 
 int generation_prompt_tokens(const generation *g) { return g->n_prompt; }
+void generation_lookup_stats(const generation *g, int *drafted, int *accepted)
+{
+    *drafted = g->drafted;
+    *accepted = g->accepted;
+}
 int generation_max_batch(const generation *g) { return g->max_batch; }
 int generation_cached_tokens(const generation *g) { return g->cached; }
 
@@ -406,6 +423,7 @@ void generation_end(generation *g)
     free(g->prompt);
     sampler_free(g->sampler);
     free(g->scratch);
+    free(g->rows);
     free(g);
 }
 
@@ -483,6 +501,48 @@ static void run_step(engine *e, generation **members, int n)
         memcpy(s->logits, e->batch_logits + (size_t)j * e->vocab, (size_t)e->vocab * sizeof *s->logits);
         s->tokens[s->n_tokens++] = g->pending;
     }
+}
+
+static int decode_step(generation *g, perr *err);
+
+/* Evaluates g's pending token: with a draft from prompt lookup when g decodes alone and one is
+ * found (logits of every token into g->rows), else through decode_step. */
+static int lookup_step(generation *g, perr *err)
+{
+    engine *e = g->e;
+    slot *s = g->s;
+    int k = 0;
+    pthread_mutex_lock(&e->batch_lock);
+    const bool alone = e->n_decoding <= 1;
+    pthread_mutex_unlock(&e->batch_lock);
+    if (alone && e->draft_max > 0) {
+        /* room: the context, and the tokens still wanted after the pending one */
+        int room = e->n_ctx - s->n_tokens - 1, left = g->params.max_tokens - g->n_generated - 1;
+        room = room < left ? room : left;
+        s->tokens[s->n_tokens] = g->pending; /* the text so far ends with it */
+        k = lookup_draft(s->tokens, s->n_tokens + 1, g->step + 1, g->budget.next < room ? g->budget.next : room);
+    }
+    if (k == 0) {
+        g->k = 0;
+        if (decode_step(g, err) != 0)
+            return -1;
+        g->pending = -1;
+        return 0;
+    }
+    g->step[0] = g->pending;
+    g->base = s->n_tokens;
+    if (model_ctx_eval(s->ctx, g->step, k + 1, NULL, g->rows, err) != 0) {
+        model_ctx_truncate(s->ctx, 0); /* as eval() does */
+        s->n_tokens = 0;
+        return -1;
+    }
+    memcpy(s->tokens + s->n_tokens, g->step, (size_t)(k + 1) * sizeof *g->step);
+    s->n_tokens += k + 1;
+    g->k = k;
+    g->row = 0;
+    g->drafted += k;
+    g->pending = -1;
+    return 0;
 }
 
 /* Evaluates g's pending token, batched with the other generations that decode at the same time. */
@@ -595,24 +655,26 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
         if (!g->prefilled)
             return 2;
     } else {
-        if (g->n_generated >= g->params.max_tokens || s->n_tokens >= e->n_ctx) {
+        if (g->n_generated >= g->params.max_tokens || (g->pending >= 0 && s->n_tokens >= e->n_ctx)) {
             *finish = GEN_LENGTH;
             return 0;
         }
-        if (decode_step(g, err) != 0)
+        if (g->pending >= 0 && lookup_step(g, err) != 0)
             return -1;
-        g->pending = -1;
     }
     if (g->n_generated >= g->params.max_tokens) {
         *finish = GEN_LENGTH;
         return 0;
     }
+    /* this token's logits, and the tokens before it (a drafted step's cache holds the draft too) */
+    float *logits = g->k > 0 ? g->rows + (size_t)g->row * e->vocab : s->logits;
+    const int n_before = g->k > 0 ? g->base + 1 + g->row : s->n_tokens;
     float lse = 0;
     if (g->params.logprobs) {
-        memcpy(g->scratch, s->logits, (size_t)e->vocab * sizeof *g->scratch);
+        memcpy(g->scratch, logits, (size_t)e->vocab * sizeof *g->scratch);
         lse = log_softmax_top(g, g->scratch, tok);
     }
-    int id = sampler_sample(g->sampler, s->logits, e->vocab, s->tokens, s->n_tokens, NULL);
+    int id = sampler_sample(g->sampler, logits, e->vocab, s->tokens, n_before, NULL);
     if (id < 0 || id >= e->vocab) {
         perr_set(err, "the sampler returned an invalid token id %d", id);
         return -1;
@@ -623,7 +685,18 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
     }
     tok->id = id;
     tok->logprob = g->params.logprobs ? g->scratch[id] - lse : 0;
-    g->pending = id;
     g->n_generated++;
+    if (g->k > 0 && g->row < g->k && id == g->step[1 + g->row]) {
+        g->row++; /* the draft was right: this token is in the cache, its logits in the next row */
+        g->accepted++;
+        return 1;
+    }
+    if (g->k > 0) { /* drop the rest of the draft from the cache */
+        lookup_budget_update(&g->budget, g->k, g->row);
+        model_ctx_truncate(s->ctx, g->base + 1 + g->row);
+        s->n_tokens = g->base + 1 + g->row;
+        g->k = 0;
+    }
+    g->pending = id;
     return 1;
 }

@@ -22,6 +22,7 @@ typedef struct engine_options {
     int n_threads;  /* <= 0: all cores */
     int n_ctx;      /* per slot; <= 0: 4096, never more than the model's max_position_embeddings */
     int n_parallel; /* generation slots; <= 0: 1 */
+    int draft_max;  /* prompt lookup draft tokens per step (model/lookup.h); 0: off */
 } engine_options;
 
 typedef struct engine engine;
@@ -75,7 +76,9 @@ void generation_prefill_progress(const generation *g, int *done, int *total);
 int generation_prompt_tokens(const generation *g);
 int generation_cached_tokens(const generation *g);
 /* The most generations (this one included) that one of its decode steps ran together with. */
-int generation_max_batch(const generation *g); /* prompt tokens reused from the slot's cache */
+int generation_max_batch(const generation *g);
+/* Prompt lookup: draft tokens evaluated and accepted so far. */
+void generation_lookup_stats(const generation *g, int *drafted, int *accepted); /* prompt tokens reused from the slot's cache */
 /* Releases the slot (its cache stays for the next request). */
 void generation_end(generation *g);
 

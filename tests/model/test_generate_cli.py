@@ -84,6 +84,26 @@ class Generate(unittest.TestCase):
                  {"PUNIE_ISA": "scalar"})
         self.assertEqual(r2.returncode, 0, r2.stderr)
 
+    def test_prompt_lookup_changes_nothing(self):
+        # Drafts copied from earlier in the text are checked in one step and kept only while the
+        # samples agree: greedy and seeded sampling give the same ids as without them, and this
+        # prompt makes the tiny model repeat itself enough that some drafts are kept.
+        for flags in (["--temperature", "0"], ["--temperature", "0.8", "--top-k", "40", "--seed", "11"],
+                      ["--temperature", "0", "--repetition-penalty", "1.3"]):
+            base = ["generate", "--model", MODEL, "--prompt", "Tell me about the number 7", "--max-tokens", "400",
+                    "--print-ids", *flags]
+            off = run(base + ["--draft", "0"])
+            on = run(base)
+            self.assertEqual((off.returncode, on.returncode), (0, 0), off.stderr + on.stderr)
+            self.assertEqual(generated_ids(on.stderr), generated_ids(off.stderr), flags)
+            self.assertEqual(on.stdout, off.stdout)
+            self.assertNotIn("Lookup:", off.stderr)
+            if flags == ["--temperature", "0"]:
+                self.assertRegex(on.stderr, r"Lookup: [1-9][0-9]* of [0-9]+ draft tokens accepted")
+        r = run(["generate", "--model", MODEL, "--prompt", "x", "--draft", "17"])
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--draft", r.stderr)
+
     def test_prompt_file(self):
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
             f.write(USER)

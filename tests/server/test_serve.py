@@ -512,6 +512,30 @@ class Api(unittest.TestCase):
             self.assertEqual(t["usage"]["completion_tokens"], a["usage"]["completion_tokens"])
         self.assertIn("decoded in batches of up to 2", log)
 
+    def test_prompt_lookup_changes_nothing(self):
+        # The same requests with prompt lookup off and on (fresh servers): the same replies, token
+        # log-probabilities included; greedy on this prompt keeps some drafts.
+        reqs = [chat("Tell me about the number 7", max_tokens=300, temperature=0),
+                chat("Tell me about the number 7", max_tokens=200, temperature=0.8, seed=5, logprobs=True,
+                     top_logprobs=3, repetition_penalty=1.2)]
+        replies = {}
+        for draft in ("0", "8"):
+            srv = Server("--draft", draft)
+            try:
+                replies[draft] = [srv.json("POST", "/v1/chat/completions", r) for r in reqs]
+                log = srv.read_log()
+            finally:
+                self.assertEqual(srv.stop(), 0)
+            if draft == "0":
+                self.assertNotIn("lookup", log)
+            else:
+                self.assertRegex(log, r"lookup [1-9][0-9]* of [0-9]+ draft tokens")
+        for (st0, a), (st8, b) in zip(replies["0"], replies["8"]):
+            self.assertEqual((st0, st8), (200, 200), (a, b))
+            self.assertEqual(a["choices"][0]["message"], b["choices"][0]["message"])
+            self.assertEqual(a["choices"][0].get("logprobs"), b["choices"][0].get("logprobs"))
+            self.assertEqual(a["usage"], b["usage"])
+
     def test_long_prompt_keepalive(self):
         # A prompt of several chunks: the stream says it is alive while the prompt is read.
         c = self.srv.conn()

@@ -1,0 +1,47 @@
+#include "model/lookup.h"
+
+#include <string.h>
+
+#define NGRAM_MAX 4
+#define NGRAM_MIN 2
+#define SEARCH_WINDOW 65536 /* tokens looked back: keeps a step's search well under a millisecond */
+
+int lookup_draft(const int32_t *hist, int n_hist, int32_t *draft, int max)
+{
+    if (max > LOOKUP_DRAFT_MAX)
+        max = LOOKUP_DRAFT_MAX;
+    if (max <= 0)
+        return 0;
+    const int lo = n_hist > SEARCH_WINDOW ? n_hist - SEARCH_WINDOW : 0;
+    for (int n = NGRAM_MAX; n >= NGRAM_MIN; n--) {
+        if (n_hist < n + 1)
+            continue;
+        const int32_t *tail = hist + n_hist - n;
+        /* the most recent earlier occurrence: it starts at s, and something follows it */
+        for (int s = n_hist - n - 1; s >= lo; s--) {
+            if (hist[s] != tail[0] || memcmp(hist + s, tail, (size_t)n * sizeof *tail) != 0)
+                continue;
+            const int from = s + n, avail = n_hist - from;
+            const int k = avail < max ? avail : max;
+            memcpy(draft, hist + from, (size_t)k * sizeof *draft);
+            return k;
+        }
+    }
+    return 0;
+}
+
+void lookup_budget_init(lookup_budget *b, int limit)
+{
+    b->limit = limit < 0 ? 0 : limit > LOOKUP_DRAFT_MAX ? LOOKUP_DRAFT_MAX : limit;
+    b->next = b->limit < 4 ? b->limit : 4;
+}
+
+void lookup_budget_update(lookup_budget *b, int drafted, int accepted)
+{
+    if (drafted <= 0 || b->limit == 0)
+        return;
+    if (accepted >= drafted)
+        b->next = 2 * b->next < b->limit ? 2 * b->next : b->limit;
+    else
+        b->next = accepted + 1 < b->limit ? accepted + 1 : b->limit;
+}

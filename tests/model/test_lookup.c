@@ -1,0 +1,62 @@
+/* Prompt lookup's draft search and draft budget (src/model/lookup.h). */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "model/lookup.h"
+
+#include "../lib/test_util.h"
+
+static void expect_draft(const int32_t *hist, int n, int max, const int32_t *want, int n_want, const char *what)
+{
+    int32_t draft[LOOKUP_DRAFT_MAX + 1] = {0};
+    const int k = lookup_draft(hist, n, draft, max);
+    CHECK(k == n_want && memcmp(draft, want, (size_t)n_want * sizeof *want) == 0, "%s: %d tokens (want %d)", what,
+          k, n_want);
+}
+
+int main(void)
+{
+    /* the last 3 tokens occurred at the start: what followed them, up to max */
+    const int32_t a[] = {1, 2, 3, 4, 5, 9, 1, 2, 3};
+    expect_draft(a, 9, 4, (const int32_t[]){4, 5, 9, 1}, 4, "3-gram");
+    expect_draft(a, 9, 16, (const int32_t[]){4, 5, 9, 1, 2, 3}, 6, "up to the end of the text");
+    expect_draft(a, 9, 0, (const int32_t[]){0}, 0, "max 0");
+    /* the most recent earlier occurrence wins */
+    const int32_t b[] = {7, 8, 1, 7, 8, 2, 7, 8};
+    expect_draft(b, 8, 8, (const int32_t[]){2, 7, 8}, 3, "most recent");
+    /* a longer match wins over a more recent shorter one */
+    const int32_t c[] = {1, 2, 3, 10, 2, 3, 11, 1, 2, 3};
+    expect_draft(c, 10, 2, (const int32_t[]){10, 2}, 2, "longest n-gram");
+    /* no repeat, too short, a single repeated token (n-grams start at 2) */
+    const int32_t d[] = {1, 2, 3, 4, 5, 6};
+    expect_draft(d, 6, 8, (const int32_t[]){0}, 0, "no repeat");
+    expect_draft(d, 1, 8, (const int32_t[]){0}, 0, "one token");
+    const int32_t e[] = {5, 1, 2, 5};
+    expect_draft(e, 4, 8, (const int32_t[]){0}, 0, "unigram");
+    /* never more than LOOKUP_DRAFT_MAX */
+    int32_t f[64];
+    for (int i = 0; i < 64; i++)
+        f[i] = i % 20;
+    int32_t out[LOOKUP_DRAFT_MAX + 8];
+    CHECK(lookup_draft(f, 64, out, LOOKUP_DRAFT_MAX + 8) == LOOKUP_DRAFT_MAX, "draft capped");
+
+    lookup_budget bg;
+    lookup_budget_init(&bg, 8);
+    CHECK(bg.next == 4, "starts at 4: %d", bg.next);
+    lookup_budget_update(&bg, 4, 4);
+    CHECK(bg.next == 8, "doubles on full acceptance: %d", bg.next);
+    lookup_budget_update(&bg, 8, 8);
+    CHECK(bg.next == 8, "capped at the limit: %d", bg.next);
+    lookup_budget_update(&bg, 8, 2);
+    CHECK(bg.next == 3, "one more than accepted: %d", bg.next);
+    lookup_budget_update(&bg, 3, 0);
+    CHECK(bg.next == 1, "at least one: %d", bg.next);
+    lookup_budget_update(&bg, 0, 0);
+    CHECK(bg.next == 1, "no draft, no change: %d", bg.next);
+    lookup_budget_init(&bg, 0);
+    CHECK(bg.next == 0, "off");
+    lookup_budget_init(&bg, 2);
+    CHECK(bg.next == 2, "small limit: %d", bg.next);
+    return test_result("lookup ok");
+}
