@@ -210,6 +210,23 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
             tile(k, 0, nr, y, 1, r, 1, BITS, DT_BF16);                                             \
         else                                                                                       \
             tile(k, 0, nr, y, 1, r, 1, BITS, DT_F32);                                              \
+    }                                                                                              \
+    /* a few tokens (batched decode, prompt lookup's steps), F16/BF16 scales read as stored */    \
+    static void stored_##BITS(const tile_ctx *k, int t0, int nt, int nr, float *y, int ldy, int r,  \
+                              enum float_dtype dt)                                                 \
+    {                                                                                              \
+        if (dt == DT_F16) {                                                                        \
+            STORED_NT(BITS, DT_F16)                                                                \
+        } else {                                                                                   \
+            STORED_NT(BITS, DT_BF16)                                                               \
+        }                                                                                          \
+    }
+#define STORED_NT(BITS, DT)                                                                        \
+    switch (nt) {                                                                                  \
+    case 4: tile(k, t0, nr, y, ldy, r, 4, BITS, DT); break;                                        \
+    case 3: tile(k, t0, nr, y, ldy, r, 3, BITS, DT); break;                                        \
+    case 2: tile(k, t0, nr, y, ldy, r, 2, BITS, DT); break;                                        \
+    default: tile(k, t0, nr, y, ldy, r, 1, BITS, DT); break;                                       \
     }
 TILE_VARIANTS(4)
 TILE_VARIANTS(8)
@@ -258,7 +275,10 @@ void AVX2_ENTRY(qmatmul_avx2_prepared)(const qweight *w, const qx_prep *pp, int 
     k.gidx = _mm256_loadu_si256((const __m256i *)gi);
     void (*fn)(const tile_ctx *, int, int, int, float *, int, int) = w->bits == 4 ? tile_4 : tile_8;
     void (*dfn)(const tile_ctx *, int, float *, int, enum float_dtype) = w->bits == 4 ? decode_4 : decode_8;
+    void (*sfn)(const tile_ctx *, int, int, int, float *, int, int, enum float_dtype) =
+        w->bits == 4 ? stored_4 : stored_8;
     const int stored_rows = stored_scale_rows(w, 8);
+    const int stored_multi = w->sdtype == DT_F16 || w->sdtype == DT_BF16;
 
     const size_t row_bytes = qweight_row_bytes(w);
     k.pf_off = weight_prefetch_offset(row_bytes, NR);
@@ -271,6 +291,12 @@ void AVX2_ENTRY(qmatmul_avx2_prepared)(const qweight *w, const qx_prep *pp, int 
             if (n_tok == 1 && r + nr <= stored_rows) {
                 tile_rows_stored(w, r, nr, NR, k.wrow, k.srow, k.brow);
                 dfn(&k, nr, y, r, w->sdtype);
+                continue;
+            }
+            if (stored_multi && n_tok < 16 && r + nr <= stored_rows) {
+                tile_rows_stored(w, r, nr, NR, k.wrow, k.srow, k.brow);
+                for (int t = tb0; t < tb1; t += 4)
+                    sfn(&k, t, tb1 - t < 4 ? tb1 - t : 4, nr, y, ldy, r, w->sdtype);
                 continue;
             }
             tile_rows_converted(w, r, nr, NR, p.gstride, rowf, convert_row, k.wrow, k.rs, k.rb);

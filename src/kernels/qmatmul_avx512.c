@@ -194,6 +194,24 @@ static inline __attribute__((always_inline)) void tile(const tile_ctx *k, int t0
             tile(k, 0, nr, y, 1, r, 1, BITS, VNNI, DT_BF16);                                       \
         else                                                                                       \
             tile(k, 0, nr, y, 1, r, 1, BITS, VNNI, DT_F32);                                        \
+    }                                                                                              \
+    /* a few tokens (batched decode, prompt lookup's steps), F16/BF16 scales read as stored: */    \
+    /* converting them per tile cost as much as the dot products of 2 tokens on short rows */     \
+    static void stored_##BITS##_##VNNI(const tile_ctx *k, int t0, int nt, int nr, float *y, int ldy, \
+                                       int r, enum float_dtype dt)                                 \
+    {                                                                                              \
+        if (dt == DT_F16) {                                                                        \
+            STORED_NT(BITS, VNNI, DT_F16)                                                          \
+        } else {                                                                                   \
+            STORED_NT(BITS, VNNI, DT_BF16)                                                         \
+        }                                                                                          \
+    }
+#define STORED_NT(BITS, VNNI, DT)                                                                  \
+    switch (nt) {                                                                                  \
+    case 4: tile(k, t0, nr, y, ldy, r, 4, BITS, VNNI, DT); break;                                  \
+    case 3: tile(k, t0, nr, y, ldy, r, 3, BITS, VNNI, DT); break;                                  \
+    case 2: tile(k, t0, nr, y, ldy, r, 2, BITS, VNNI, DT); break;                                  \
+    default: tile(k, t0, nr, y, ldy, r, 1, BITS, VNNI, DT); break;                                 \
     }
 TILE_VARIANTS(4, 0)
 TILE_VARIANTS(4, 1)
@@ -202,6 +220,7 @@ TILE_VARIANTS(8, 1)
 
 typedef void (*tile_fn)(const tile_ctx *, int, int, int, float *, int, int);
 typedef void (*decode_fn)(const tile_ctx *, int, float *, int, enum float_dtype);
+typedef void (*stored_fn)(const tile_ctx *, int, int, int, float *, int, int, enum float_dtype);
 
 size_t qx_avx512_bytes(qx_prep *p, const qweight *w, int n_tok)
 {
@@ -250,7 +269,9 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
     k.tail_mask = p.tail_bytes == 64 ? ~(__mmask64)0 : (((__mmask64)1 << p.tail_bytes) - 1);
     tile_fn fn = w->bits == 4 ? (vnni ? tile_4_1 : tile_4_0) : (vnni ? tile_8_1 : tile_8_0);
     decode_fn dfn = w->bits == 4 ? (vnni ? decode_4_1 : decode_4_0) : (vnni ? decode_8_1 : decode_8_0);
+    stored_fn sfn = w->bits == 4 ? (vnni ? stored_4_1 : stored_4_0) : (vnni ? stored_8_1 : stored_8_0);
     const int stored_rows = stored_scale_rows(w, 16);
+    const int stored_multi = w->sdtype == DT_F16 || w->sdtype == DT_BF16;
 
     const size_t row_bytes = qweight_row_bytes(w);
     k.pf_off = weight_prefetch_offset(row_bytes, NR);
@@ -263,6 +284,12 @@ void qmatmul_avx512_prepared(const qweight *w, const qx_prep *pp, int n_tok, flo
             if (n_tok == 1 && r + nr <= stored_rows) {
                 tile_rows_stored(w, r, nr, NR, k.wrow, k.srow, k.brow);
                 dfn(&k, nr, y, r, w->sdtype);
+                continue;
+            }
+            if (stored_multi && n_tok < 16 && r + nr <= stored_rows) {
+                tile_rows_stored(w, r, nr, NR, k.wrow, k.srow, k.brow);
+                for (int t = tb0; t < tb1; t += 4)
+                    sfn(&k, t, tb1 - t < 4 ? tb1 - t : 4, nr, y, ldy, r, w->sdtype);
                 continue;
             }
             tile_rows_converted(w, r, nr, NR, p.gstride, rowf, convert_row, k.wrow, k.rs, k.rb);

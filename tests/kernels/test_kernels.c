@@ -192,7 +192,7 @@ static void test_matmul(void)
     for (int bi = 0; bi < 2; bi++)
         for (int gi = 0; gi < 3; gi++)
             for (int di = 0; di < 3; di++)
-                for (int rep = 0; rep < 3; rep++) {
+                for (int rep = 0; rep < 4; rep++) {
                     int bits = bi ? 8 : 4, G = group_sizes[gi];
                     int rows = irand(1, 23) | 1;
                     int ngroups = irand(1, 1024 / G);
@@ -202,6 +202,8 @@ static void test_matmul(void)
                     int n_tok = rep == 0 ? 1 : irand(1, 70);
                     if (rep == 1 && (n_tok & 1) == 0)
                         n_tok++;
+                    if (rep == 3)
+                        n_tok = irand(2, 15); /* a few tokens: batched decode, prompt lookup's steps */
                     int r0 = irand(0, rows - 1), r1 = irand(r0 + 1, rows);
                     if (rep == 0) {
                         r0 = 0;
