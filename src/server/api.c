@@ -352,12 +352,16 @@ static int finish(api_session *s, const char *reason)
     int drafted = 0, accepted = 0;
     if (s->gen)
         generation_lookup_stats(s->gen, &drafted, &accepted);
-    char batched[128] = "";
+    char batched[192] = "";
     if (batch > 1)
         snprintf(batched, sizeof batched, ", decoded in batches of up to %d", batch);
     if (drafted > 0)
         snprintf(batched + strlen(batched), sizeof batched - strlen(batched), ", lookup %d of %d draft tokens",
                  accepted, drafted);
+    const int beside = s->gen ? generation_steps_beside(s->gen) : 0;
+    if (beside > 0)
+        snprintf(batched + strlen(batched), sizeof batched - strlen(batched),
+                 ", prompt read beside %d decode steps of other replies", beside);
     log_info("%s: prompt %zu tokens (%d cached), reply %d tokens, %s, %.2f s%s%.2f tok/s%s", s->id, s->n_prompt,
              s->gen ? generation_cached_tokens(s->gen) : 0, s->completion_tokens, reason, total,
              gen_s > 0 ? ", decode " : "", gen_s > 0 ? (s->completion_tokens - 1) / gen_s : 0.0, batched);

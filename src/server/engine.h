@@ -77,6 +77,8 @@ int generation_prompt_tokens(const generation *g);
 int generation_cached_tokens(const generation *g);
 /* The most generations (this one included) that one of its decode steps ran together with. */
 int generation_max_batch(const generation *g);
+/* Decode steps of other generations that ran while its prompt was read (between its chunks). */
+int generation_steps_beside(const generation *g);
 /* Prompt lookup: draft tokens evaluated and accepted so far. */
 void generation_lookup_stats(const generation *g, int *drafted, int *accepted); /* prompt tokens reused from the slot's cache */
 /* Releases the slot (its cache stays for the next request). */

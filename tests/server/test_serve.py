@@ -2,6 +2,7 @@
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -511,6 +512,32 @@ class Api(unittest.TestCase):
             self.assertEqual(t["choices"][0]["message"], a["choices"][0]["message"])
             self.assertEqual(t["usage"]["completion_tokens"], a["usage"]["completion_tokens"])
         self.assertIn("decoded in batches of up to 2", log)
+
+    def test_prompt_read_beside_a_reply(self):
+        # A long prompt read while another reply streams is read in chunks of 128 tokens that each
+        # wait for the other's next decode step, so that reply goes on meanwhile (before, the model's
+        # lock let the prompt hold it for the prompt's whole length). The server counts those steps.
+        c = self.srv.conn()
+        c.request("POST", "/v1/chat/completions",
+                  body=json.dumps(chat("Tell me a long story", stream=True, max_tokens=3000, temperature=0)),
+                  headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+        r.read1(100)  # the other reply is under way
+        st, body = self.srv.json("POST", "/v1/chat/completions", chat("spoon " * 1500, max_tokens=2, temperature=0))
+        c.close()
+        self.assertEqual(st, 200, body)
+        rid = body["id"]
+        deadline = time.time() + 10
+        line = ""
+        while time.time() < deadline and not line:
+            line = next((ln for ln in self.srv.read_log().splitlines() if rid in ln and "reply" in ln), "")
+            time.sleep(0.05)
+        m = re.search(r"prompt read beside (\d+) decode steps", line)
+        self.assertIsNotNone(m, line)
+        # 12 chunks of its own, 11 waits for a step in between (each gives up after half a second;
+        # without the waits 2-7 steps got in)
+        self.assertGreaterEqual(int(m.group(1)), 8, line)
 
     def test_prompt_lookup_changes_nothing(self):
         # The same requests with prompt lookup off and on (fresh servers): the same replies, token
