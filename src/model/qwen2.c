@@ -335,7 +335,8 @@ int model_ctx_new(model *m, int n_ctx, model_ctx **out, perr *err)
     c->att_part = malloc((size_t)ATT_SPLIT_MAX * ATT_QUERIES * qd * sizeof(float));
     c->att_lse = malloc((size_t)ATT_SPLIT_MAX * ATT_QUERIES * (size_t)cfg->n_heads * sizeof(float));
     if (!c->k_cache || !c->v_cache || !c->x || !c->xn || !c->q || !c->k || !c->v || !c->att || !c->proj ||
-        !c->att_part || !c->att_lse || !c->gate || !c->up || !c->rope_cos || !c->rope_sin || !c->scores || !c->last_norm) {
+        !c->att_part || !c->att_lse || !c->gate || !c->up || !c->rope_cos || !c->rope_sin || !c->scores ||
+        !c->last_norm) {
         model_ctx_free(c);
         return perr_set(err, "out of memory for a context of %d tokens", n_ctx);
     }

@@ -74,13 +74,13 @@ generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_p
 int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr *err);
 void generation_prefill_progress(const generation *g, int *done, int *total);
 int generation_prompt_tokens(const generation *g);
-int generation_cached_tokens(const generation *g);
+int generation_cached_tokens(const generation *g); /* prompt tokens reused from the slot's cache */
 /* The most generations (this one included) that one of its decode steps ran together with. */
 int generation_max_batch(const generation *g);
 /* Decode steps of other generations that ran while its prompt was read (between its chunks). */
 int generation_steps_beside(const generation *g);
 /* Prompt lookup: draft tokens evaluated and accepted so far. */
-void generation_lookup_stats(const generation *g, int *drafted, int *accepted); /* prompt tokens reused from the slot's cache */
+void generation_lookup_stats(const generation *g, int *drafted, int *accepted);
 /* Releases the slot (its cache stays for the next request). */
 void generation_end(generation *g);
 
