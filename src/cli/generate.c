@@ -362,6 +362,7 @@ int cmd_generate(int argc, char **argv)
     lookup_budget_init(&budget, draft_max);
     int32_t step[LOOKUP_DRAFT_MAX + 1], *draft = step + 1;
     int k = 0, row = 0, base = 0, drafted = 0, accepted = 0;
+    double step_s = 0; /* how long the step took */
     while (n_gen < max_tokens) {
         int id = sampler_sample(smp, logits + (size_t)row * V, V, hist, n_hist, NULL);
         n_gen++;
@@ -386,7 +387,7 @@ int cmd_generate(int argc, char **argv)
             continue;
         }
         if (k > 0) { /* drop the rest of the draft from the cache */
-            lookup_budget_update(&budget, k, row);
+            lookup_budget_update(&budget, k, row, step_s);
             model_ctx_truncate(ctx, base + 1 + row);
         }
         if (model_ctx_pos(ctx) >= model_ctx_n_ctx(ctx))
@@ -395,14 +396,19 @@ int cmd_generate(int argc, char **argv)
         int room = model_ctx_n_ctx(ctx) - model_ctx_pos(ctx) - 1, left = max_tokens - n_gen - 1;
         room = room < left ? room : left;
         step[0] = id;
-        k = lookup_draft(hist, n_hist, draft, budget.next < room ? budget.next : room);
+        const int want = lookup_budget_take(&budget);
+        k = want > 0 ? lookup_draft(hist, n_hist, draft, want < room ? want : room) : 0;
         drafted += k;
         base = model_ctx_pos(ctx);
         row = 0;
+        step_s = now_s();
         if (model_ctx_eval(ctx, step, k + 1, k ? NULL : logits, k ? logits : NULL, &err) != 0) {
             fprintf(stderr, "\npunie generate: %s\n", err.msg);
             goto out;
         }
+        step_s = now_s() - step_s;
+        if (k == 0)
+            lookup_budget_single(&budget, step_s);
     }
     double t_gen = now_s() - t1;
     char *piece = NULL;

@@ -34,9 +34,29 @@ void lookup_budget_init(lookup_budget *b, int limit)
 {
     b->limit = limit < 0 ? 0 : limit > LOOKUP_DRAFT_MAX ? LOOKUP_DRAFT_MAX : limit;
     b->next = b->limit < 4 ? b->limit : 4;
+    b->single_s = 0;
+    b->skip = b->backoff = 0;
 }
 
-void lookup_budget_update(lookup_budget *b, int drafted, int accepted)
+int lookup_budget_take(lookup_budget *b)
+{
+    if (b->skip > 0) {
+        b->skip--;
+        return 0;
+    }
+    return b->next;
+}
+
+void lookup_budget_single(lookup_budget *b, double seconds)
+{
+    b->single_s = b->single_s > 0 ? 0.8 * b->single_s + 0.2 * seconds : seconds;
+}
+
+/* a drafted step pays when its tokens came at least this fast against single steps (below 1: the
+ * timing noise of steps that cost the same) */
+#define PAYS 0.9
+
+void lookup_budget_update(lookup_budget *b, int drafted, int accepted, double seconds)
 {
     if (drafted <= 0 || b->limit == 0)
         return;
@@ -44,4 +64,10 @@ void lookup_budget_update(lookup_budget *b, int drafted, int accepted)
         b->next = 2 * b->next < b->limit ? 2 * b->next : b->limit;
     else
         b->next = accepted + 1 < b->limit ? accepted + 1 : b->limit;
+    if (b->single_s > 0 && seconds > 0 && (accepted + 1) * b->single_s < PAYS * seconds) {
+        b->backoff = b->backoff ? (2 * b->backoff < 256 ? 2 * b->backoff : 256) : 4;
+        b->skip = b->backoff;
+    } else {
+        b->backoff = 0;
+    }
 }

@@ -22,12 +22,22 @@
 int lookup_draft(const int32_t *hist, int n_hist, int32_t *draft, int max);
 
 /* How long the next draft may be: full acceptance doubles it (up to limit), a miss shrinks it to one
- * more than was accepted, so text that does not repeat costs one extra token per step at most. */
+ * more than was accepted. And whether drafting pays on this machine: where a step of several tokens
+ * costs much more than a step of one (the kernels compute-bound, e.g. AVX2 on few cores with fast
+ * memory: 1.7x for two tokens), a drafted step whose tokens came slower than single steps' stops
+ * drafting for a while (4 steps, doubling while it keeps not paying, up to 256). */
 typedef struct lookup_budget {
     int next, limit;
+    double single_s;   /* running mean of a one-token step's time; 0 until one was seen */
+    int skip, backoff; /* steps left without drafting; the length of the last such pause */
 } lookup_budget;
 
 void lookup_budget_init(lookup_budget *b, int limit);
-void lookup_budget_update(lookup_budget *b, int drafted, int accepted);
+/* The draft length for the coming step (0: do not draft now); call once per step. */
+int lookup_budget_take(lookup_budget *b);
+/* A step without a draft took seconds. */
+void lookup_budget_single(lookup_budget *b, double seconds);
+/* A step with `drafted` draft tokens, of which `accepted` were kept, took seconds. */
+void lookup_budget_update(lookup_budget *b, int drafted, int accepted, double seconds);
 
 #endif

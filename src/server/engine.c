@@ -96,6 +96,7 @@ struct generation {
     float *rows;
     int32_t step[LOOKUP_DRAFT_MAX + 1];
     int k, row, base, drafted, accepted;
+    double step_s; /* how long the drafted step took */
     int step_rc;
     perr step_err;
 };
@@ -546,18 +547,24 @@ static int lookup_step(generation *g, perr *err)
     pthread_mutex_lock(&e->batch_lock);
     const bool alone = e->n_decoding <= 1;
     pthread_mutex_unlock(&e->batch_lock);
-    if (alone && e->draft_max > 0) {
+    const int want = alone && e->draft_max > 0 ? lookup_budget_take(&g->budget) : 0;
+    if (want > 0) {
         /* room: the context, and the tokens still wanted after the pending one */
         int room = e->n_ctx - s->n_tokens - 1, left = g->params.max_tokens - g->n_generated - 1;
         room = room < left ? room : left;
         s->tokens[s->n_tokens] = g->pending; /* the text so far ends with it */
-        k = lookup_draft(s->tokens, s->n_tokens + 1, g->step + 1, g->budget.next < room ? g->budget.next : room);
+        k = lookup_draft(s->tokens, s->n_tokens + 1, g->step + 1, want < room ? want : room);
     }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     if (k == 0) {
         g->k = 0;
         if (decode_step(g, err) != 0)
             return -1;
         g->pending = -1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (alone) /* a step of its own: what drafted steps are weighed against */
+            lookup_budget_single(&g->budget, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
         return 0;
     }
     g->step[0] = g->pending;
@@ -567,6 +574,8 @@ static int lookup_step(generation *g, perr *err)
         s->n_tokens = 0;
         return -1;
     }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    g->step_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
     memcpy(s->tokens + s->n_tokens, g->step, (size_t)(k + 1) * sizeof *g->step);
     s->n_tokens += k + 1;
     pthread_mutex_lock(&e->batch_lock);
@@ -728,7 +737,7 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
         return 1;
     }
     if (g->k > 0) { /* drop the rest of the draft from the cache */
-        lookup_budget_update(&g->budget, g->k, g->row);
+        lookup_budget_update(&g->budget, g->k, g->row, g->step_s);
         model_ctx_truncate(s->ctx, g->base + 1 + g->row);
         s->n_tokens = g->base + 1 + g->row;
         g->k = 0;

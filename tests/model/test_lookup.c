@@ -44,18 +44,41 @@ int main(void)
     lookup_budget bg;
     lookup_budget_init(&bg, 8);
     CHECK(bg.next == 4, "starts at 4: %d", bg.next);
-    lookup_budget_update(&bg, 4, 4);
+    lookup_budget_update(&bg, 4, 4, 0);
     CHECK(bg.next == 8, "doubles on full acceptance: %d", bg.next);
-    lookup_budget_update(&bg, 8, 8);
+    lookup_budget_update(&bg, 8, 8, 0);
     CHECK(bg.next == 8, "capped at the limit: %d", bg.next);
-    lookup_budget_update(&bg, 8, 2);
+    lookup_budget_update(&bg, 8, 2, 0);
     CHECK(bg.next == 3, "one more than accepted: %d", bg.next);
-    lookup_budget_update(&bg, 3, 0);
+    lookup_budget_update(&bg, 3, 0, 0);
     CHECK(bg.next == 1, "at least one: %d", bg.next);
-    lookup_budget_update(&bg, 0, 0);
+    lookup_budget_update(&bg, 0, 0, 0);
     CHECK(bg.next == 1, "no draft, no change: %d", bg.next);
+    CHECK(lookup_budget_take(&bg) == 1, "drafts while nothing says it does not pay");
+
+    /* single steps of 10 ms; a 2-token step of 17 ms that kept nothing does not pay: 4 steps
+     * without drafts, then 8 after another such step; one that pays ends the pauses */
+    for (int i = 0; i < 5; i++)
+        lookup_budget_single(&bg, 0.010);
+    lookup_budget_update(&bg, 1, 0, 0.017);
+    int skipped = 0;
+    while (lookup_budget_take(&bg) == 0)
+        skipped++;
+    CHECK(skipped == 4, "first pause %d steps", skipped);
+    lookup_budget_update(&bg, 1, 0, 0.017);
+    for (skipped = 0; lookup_budget_take(&bg) == 0;)
+        skipped++;
+    CHECK(skipped == 8, "second pause %d steps", skipped);
+    lookup_budget_update(&bg, 1, 1, 0.017); /* 2 tokens in 17 ms: pays */
+    CHECK(lookup_budget_take(&bg) > 0 && bg.backoff == 0, "pays: no pause");
+    lookup_budget_update(&bg, 1, 0, 0.0102); /* costs what a single step does: noise, no pause */
+    CHECK(lookup_budget_take(&bg) > 0, "a step that costs the same does not pause drafting");
+    for (int i = 0; i < 12; i++)
+        lookup_budget_update(&bg, 7, 0, 0.06);
+    CHECK(bg.backoff == 256, "pauses capped: %d", bg.backoff);
+
     lookup_budget_init(&bg, 0);
-    CHECK(bg.next == 0, "off");
+    CHECK(bg.next == 0 && lookup_budget_take(&bg) == 0, "off");
     lookup_budget_init(&bg, 2);
     CHECK(bg.next == 2, "small limit: %d", bg.next);
     return test_result("lookup ok");
