@@ -229,7 +229,7 @@ static double batched_decode(model *m, int b, double *tps)
 /* A decode step of 1 + k tokens of one context (prompt lookup's step: the next token and k draft
  * tokens, model/lookup.h) against a step of one token, alternated and rolled back each time; returns
  * the median time ratio: a step that keeps a drafts gives 1 + a tokens for that price. */
-static double draft_step_ratio(model *m, model_ctx *c, int k, float *logits)
+static double draft_step_ratio(model_ctx *c, int k, float *logits)
 {
     int32_t toks[17];
     perr err;
@@ -249,7 +249,6 @@ static double draft_step_ratio(model *m, model_ctx *c, int k, float *logits)
         many[r] = now_s() - t0;
         model_ctx_truncate(c, pos);
     }
-    (void)m;
     return median_of(many, BATCH_ROUNDS) / median_of(one, BATCH_ROUNDS);
 }
 
@@ -453,7 +452,7 @@ int main(int argc, char **argv)
     if (rows && model_ctx_pos(ctx) + 8 <= model_ctx_n_ctx(ctx))
         for (int k = 1; k <= 7; k = 2 * k + 1)
             printf("lookup step      1 + %d draft tokens: RATIO step time / single step %.2f\n", k,
-                   draft_step_ratio(m, ctx, k, rows));
+                   draft_step_ratio(ctx, k, rows));
     free(rows);
     sampler_params qwen; /* Qwen2.5's generation_config.json */
     sampler_params_init(&qwen);

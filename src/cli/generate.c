@@ -393,11 +393,9 @@ int cmd_generate(int argc, char **argv)
         if (model_ctx_pos(ctx) >= model_ctx_n_ctx(ctx))
             break;
         /* next step: id and a draft that fits the context and the tokens still wanted */
-        int room = model_ctx_n_ctx(ctx) - model_ctx_pos(ctx) - 1, left = max_tokens - n_gen - 1;
-        room = room < left ? room : left;
         step[0] = id;
-        const int want = lookup_budget_take(&budget);
-        k = want > 0 ? lookup_draft(hist, n_hist, draft, want < room ? want : room) : 0;
+        k = lookup_plan(&budget, hist, n_hist, model_ctx_n_ctx(ctx) - model_ctx_pos(ctx) - 1,
+                        max_tokens - n_gen - 1, draft);
         drafted += k;
         base = model_ctx_pos(ctx);
         row = 0;

@@ -71,3 +71,11 @@ void lookup_budget_update(lookup_budget *b, int drafted, int accepted, double se
         b->backoff = 0;
     }
 }
+
+int lookup_plan(lookup_budget *b, const int32_t *hist, int n_hist, int ctx_room, int tokens_left, int32_t *draft)
+{
+    int max = lookup_budget_take(b);
+    max = ctx_room < max ? ctx_room : max;
+    max = tokens_left < max ? tokens_left : max;
+    return max > 0 ? lookup_draft(hist, n_hist, draft, max) : 0;
+}

@@ -40,4 +40,9 @@ void lookup_budget_single(lookup_budget *b, double seconds);
 /* A step with `drafted` draft tokens, of which `accepted` were kept, took seconds. */
 void lookup_budget_update(lookup_budget *b, int drafted, int accepted, double seconds);
 
+/* The draft for the coming step (into draft; returns its length, 0 for none): as long as the budget
+ * allows (lookup_budget_take), the cache has room for after the next token (ctx_room) and tokens are
+ * still wanted after it (tokens_left), found in hist[0, n_hist) by lookup_draft. */
+int lookup_plan(lookup_budget *b, const int32_t *hist, int n_hist, int ctx_room, int tokens_left, int32_t *draft);
+
 #endif

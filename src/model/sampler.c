@@ -267,8 +267,8 @@ static double logsumexp(const float *l, int n, float mx) { return mx + log(sum_e
  * are sorted: those within 30 nats (times T) of the best carry all the probability that matters. Of
  * them only the first `sorted` are put in order: at most top_k, and fewer when top_p or min_p end the
  * kept prefix sooner; the count grows eightfold until one of them does (all of them once it passes a
- * quarter). Sorting all ~10^5 candidates of a flat distribution took longer than the forward pass,
- * where top_k = 20 (Qwen's generation_config) needs 20. */
+ * sixteenth of the candidates). Sorting all ~10^5 candidates of a flat distribution took longer than
+ * the forward pass, where top_k = 20 (Qwen's generation_config) needs 20. */
 static int kept_prefix(sampler *s, const float *logits, int n, float mx)
 {
     const sampler_params *p = &s->p;

@@ -101,6 +101,23 @@ struct generation {
     perr step_err;
 };
 
+/* The CLOCK_REALTIME instant ns nanoseconds from now (pthread_cond_timedwait's deadline). */
+static struct timespec deadline_after(long ns)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += (t.tv_nsec + ns) / 1000000000L;
+    t.tv_nsec = (t.tv_nsec + ns) % 1000000000L;
+    return t;
+}
+
+static double monotonic_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + t.tv_nsec * 1e-9;
+}
+
 static void add_eos(engine *e, int32_t id)
 {
     if (id < 0 || id >= e->vocab || e->n_eos >= MAX_EOS)
@@ -354,14 +371,8 @@ generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_p
             gave_up = true;
             break;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&e->cond, &e->lock, &ts);
+        const struct timespec until = deadline_after(100 * 1000 * 1000);
+        pthread_cond_timedwait(&e->cond, &e->lock, &until);
     }
     /* Leave the queue. */
     waiter **pp = &e->queue_head;
@@ -438,11 +449,12 @@ void generation_end(generation *g)
     free(g);
 }
 
-/* Evaluates tokens and appends them to the slot's record of its cache. */
-static int eval(generation *g, const int32_t *toks, int n, bool want_logits, perr *err)
+/* Evaluates tokens and appends them to the slot's record of its cache; the last token's logits go to
+ * the slot when want_logits, every token's to all_logits when not NULL. */
+static int eval(generation *g, const int32_t *toks, int n, bool want_logits, float *all_logits, perr *err)
 {
     slot *s = g->s;
-    if (model_ctx_eval(s->ctx, toks, n, want_logits ? s->logits : NULL, NULL, err) != 0) {
+    if (model_ctx_eval(s->ctx, toks, n, want_logits ? s->logits : NULL, all_logits, err) != 0) {
         /* The cache may now hold part of the batch: forget it all rather than guess. */
         model_ctx_truncate(s->ctx, 0);
         s->n_tokens = 0;
@@ -476,10 +488,7 @@ static int prefill_chunk(generation *g, perr *err)
     pthread_mutex_lock(&e->batch_lock);
     const bool shared = e->n_decoding > 0;
     if (shared && g->prefill_pos > g->cached) { /* not the first chunk: let the others step first */
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += (until.tv_nsec + PREFILL_YIELD_NS) / 1000000000L;
-        until.tv_nsec = (until.tv_nsec + PREFILL_YIELD_NS) % 1000000000L;
+        const struct timespec until = deadline_after(PREFILL_YIELD_NS);
         while (e->decode_steps == g->steps_seen && e->n_decoding > 0 &&
                pthread_cond_timedwait(&e->batch_cond, &e->batch_lock, &until) == 0) {
         }
@@ -488,7 +497,7 @@ static int prefill_chunk(generation *g, perr *err)
     const int chunk = shared ? PREFILL_CHUNK_SHARED : PREFILL_CHUNK;
     int pos = g->prefill_pos;
     int n = g->n_prompt - pos < chunk ? g->n_prompt - pos : chunk;
-    if (eval(g, g->prompt + pos, n, pos + n == g->n_prompt, err) != 0)
+    if (eval(g, g->prompt + pos, n, pos + n == g->n_prompt, NULL, err) != 0)
         return -1;
     pthread_mutex_lock(&e->batch_lock);
     g->steps_seen = e->decode_steps;
@@ -509,7 +518,7 @@ static void run_step(engine *e, generation **members, int n)
         members[j]->max_batch = n > members[j]->max_batch ? n : members[j]->max_batch;
     if (n == 1) {
         generation *g = members[0];
-        g->step_rc = eval(g, &g->pending, 1, true, &g->step_err);
+        g->step_rc = eval(g, &g->pending, 1, true, NULL, &g->step_err);
         return;
     }
     model_ctx *ctxs[64];
@@ -547,37 +556,26 @@ static int lookup_step(generation *g, perr *err)
     pthread_mutex_lock(&e->batch_lock);
     const bool alone = e->n_decoding <= 1;
     pthread_mutex_unlock(&e->batch_lock);
-    const int want = alone && e->draft_max > 0 ? lookup_budget_take(&g->budget) : 0;
-    if (want > 0) {
-        /* room: the context, and the tokens still wanted after the pending one */
-        int room = e->n_ctx - s->n_tokens - 1, left = g->params.max_tokens - g->n_generated - 1;
-        room = room < left ? room : left;
+    if (alone && e->draft_max > 0) {
         s->tokens[s->n_tokens] = g->pending; /* the text so far ends with it */
-        k = lookup_draft(s->tokens, s->n_tokens + 1, g->step + 1, want < room ? want : room);
+        k = lookup_plan(&g->budget, s->tokens, s->n_tokens + 1, e->n_ctx - s->n_tokens - 1,
+                        g->params.max_tokens - g->n_generated - 1, g->step + 1);
     }
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double t0 = monotonic_s();
     if (k == 0) {
         g->k = 0;
         if (decode_step(g, err) != 0)
             return -1;
         g->pending = -1;
-        clock_gettime(CLOCK_MONOTONIC, &t1);
         if (alone) /* a step of its own: what drafted steps are weighed against */
-            lookup_budget_single(&g->budget, (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9);
+            lookup_budget_single(&g->budget, monotonic_s() - t0);
         return 0;
     }
     g->step[0] = g->pending;
     g->base = s->n_tokens;
-    if (model_ctx_eval(s->ctx, g->step, k + 1, NULL, g->rows, err) != 0) {
-        model_ctx_truncate(s->ctx, 0); /* as eval() does */
-        s->n_tokens = 0;
+    if (eval(g, g->step, k + 1, false, g->rows, err) != 0)
         return -1;
-    }
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    g->step_s = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    memcpy(s->tokens + s->n_tokens, g->step, (size_t)(k + 1) * sizeof *g->step);
-    s->n_tokens += k + 1;
+    g->step_s = monotonic_s() - t0;
     pthread_mutex_lock(&e->batch_lock);
     e->decode_steps++;
     pthread_cond_broadcast(&e->batch_cond);
@@ -605,13 +603,7 @@ static int decode_step(generation *g, perr *err)
         }
         /* lead a step: first give the others that decode a moment to join */
         e->batch_running = true;
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += BATCH_WAIT_NS;
-        if (until.tv_nsec >= 1000000000L) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000L;
-        }
+        const struct timespec until = deadline_after(BATCH_WAIT_NS);
         while (e->n_batch < e->n_decoding && e->n_batch < max_members &&
                pthread_cond_timedwait(&e->batch_cond, &e->batch_lock, &until) == 0) {
         }

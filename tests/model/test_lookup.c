@@ -77,6 +77,14 @@ int main(void)
         lookup_budget_update(&bg, 7, 0, 0.06);
     CHECK(bg.backoff == 256, "pauses capped: %d", bg.backoff);
 
+    /* the plan: budget (4 to start), context room and tokens still wanted, whichever is least */
+    lookup_budget_init(&bg, 8);
+    CHECK(lookup_plan(&bg, a, 9, 100, 100, out) == 4, "plan: the budget");
+    CHECK(lookup_plan(&bg, a, 9, 2, 100, out) == 2, "plan: the context's room");
+    CHECK(lookup_plan(&bg, a, 9, 100, 1, out) == 1 && out[0] == 4, "plan: the tokens still wanted");
+    CHECK(lookup_plan(&bg, a, 9, 0, 100, out) == 0, "plan: a full context");
+    CHECK(lookup_plan(&bg, d, 6, 100, 100, out) == 0, "plan: nothing repeats");
+
     lookup_budget_init(&bg, 0);
     CHECK(bg.next == 0 && lookup_budget_take(&bg) == 0, "off");
     lookup_budget_init(&bg, 2);
