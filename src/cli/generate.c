@@ -15,6 +15,7 @@
 #include "model/sampler.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
+#include "util/clock.h"
 #include "util/fs.h"
 
 #define PROMPT_FILE_MAX (64u << 20)
@@ -37,13 +38,6 @@ static void usage(FILE *out)
             "  --draft N             prompt lookup: up to N tokens copied from earlier in the text are\n"
             "                        checked per step (0: off; default 8); the output is the same\n"
             "  --raw                 feed the prompt as is, without the chat template\n");
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static int parse_num(const char *flag, const char *v, double lo, double hi, double *out)
@@ -291,12 +285,12 @@ int cmd_generate(int argc, char **argv)
         goto out;
     }
 
-    double t_load = now_s();
+    double t_load = monotonic_s();
     if (model_load(rm.dir, threads, &m, &err) != 0) {
         fprintf(stderr, "punie generate: %s: %s\n", rm.dir, err.msg);
         goto out;
     }
-    t_load = now_s() - t_load;
+    t_load = monotonic_s() - t_load;
     const model_config *cfg = model_get_config(m);
     if (n_prompt >= (size_t)cfg->max_position_embeddings) {
         fprintf(stderr, "punie generate: the prompt has %zu tokens; the model takes at most %d\n", n_prompt,
@@ -344,15 +338,15 @@ int cmd_generate(int argc, char **argv)
     memcpy(hist, ids, n_prompt * sizeof *hist);
     int n_hist = (int)n_prompt;
 
-    double t0 = now_s();
+    double t0 = monotonic_s();
     if (model_ctx_eval(ctx, ids, (int)n_prompt, logits, NULL, &err) != 0) {
         fprintf(stderr, "punie generate: %s\n", err.msg);
         goto out;
     }
-    double t_prompt = now_s() - t0;
+    double t_prompt = monotonic_s() - t0;
 
     int n_gen = 0;
-    double t1 = now_s();
+    double t1 = monotonic_s();
     if (print_ids)
         fprintf(stderr, "ids:");
     /* The step just evaluated put the logits of each of its tokens in rows 0..k: the token sampled
@@ -399,16 +393,16 @@ int cmd_generate(int argc, char **argv)
         drafted += k;
         base = model_ctx_pos(ctx);
         row = 0;
-        step_s = now_s();
+        step_s = monotonic_s();
         if (model_ctx_eval(ctx, step, k + 1, k ? NULL : logits, k ? logits : NULL, &err) != 0) {
             fprintf(stderr, "\npunie generate: %s\n", err.msg);
             goto out;
         }
-        step_s = now_s() - step_s;
+        step_s = monotonic_s() - step_s;
         if (k == 0)
             lookup_budget_single(&budget, step_s);
     }
-    double t_gen = now_s() - t1;
+    double t_gen = monotonic_s() - t1;
     char *piece = NULL;
     size_t plen = 0;
     if (detokenizer_flush(detok, &piece, &plen) == 0)

@@ -19,6 +19,7 @@
 
 #include "hub/blobhash.h"
 #include "hub/http.h"
+#include "util/clock.h"
 #include "util/fs.h"
 #include "util/progress.h"
 
@@ -104,13 +105,6 @@ typedef struct dl {
     perr err;
     progress *prog;
 } dl;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---- selection and safety --------------------------------------------------------------------- */
 
@@ -251,7 +245,7 @@ static void save_sidecar(dfile *f)
                       f->chunks[i].done);
     write_small_atomic(f->sidecar, buf, (size_t)n);
     free(buf);
-    f->last_sidecar = now_s();
+    f->last_sidecar = monotonic_s();
 }
 
 static bool alloc_chunks(dfile *f, int n)
@@ -545,7 +539,7 @@ static bool flush_buf(chunk_io *io)
     } else {
         wake = frontier(f) > f->claimed;
     }
-    if (now_s() - f->last_sidecar > 0.5)
+    if (monotonic_s() - f->last_sidecar > 0.5)
         save_sidecar(f);
     if (wake)
         pthread_cond_broadcast(&f->cv);
@@ -554,7 +548,7 @@ static bool flush_buf(chunk_io *io)
         io->cur = (io->cur + 1) % CONN_BUFS;
     hash_buf *next = &io->bufs[io->cur];
     if (next->busy)
-        atomic_store(&f->backlog_at, now_s());
+        atomic_store(&f->backlog_at, monotonic_s());
     while (next->busy)
         pthread_cond_wait(&f->cv, &f->mu);
     pthread_mutex_unlock(&f->mu);
@@ -905,7 +899,7 @@ static bool task_runnable(const task *t, double now)
 /* Take the first runnable task off the queue; -1 when none is. Caller holds d->mu. */
 static int take_task(dl *d, task *out)
 {
-    double now = now_s();
+    double now = monotonic_s();
     for (int i = 0; i < d->qlen; i++) {
         int at = (d->qhead + i) % d->qcap;
         if (!task_runnable(&d->q[at], now))
@@ -932,14 +926,8 @@ static void *worker(void *arg)
         bool got = false;
         while (!atomic_load(&d->abort) && d->qlen > 0 && !(got = take_task(d, &t) == 0)) {
             /* Only deferred connections are left: look again shortly or when something changes. */
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 100 * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&d->cv, &d->mu, &ts);
+            const struct timespec until = deadline_after(100 * 1000000L);
+            pthread_cond_timedwait(&d->cv, &d->mu, &until);
         }
         if (!got) {
             while (d->qlen == 0 && d->active > 0 && !atomic_load(&d->abort))
@@ -950,7 +938,7 @@ static void *worker(void *arg)
         }
         d->active++;
         t.f->conns++;
-        t.f->conn_started = now_s();
+        t.f->conn_started = monotonic_s();
         pthread_mutex_unlock(&d->mu);
 
         perr e = {{0}};

@@ -11,6 +11,7 @@
 #include "model/lookup.h"
 #include "model/model.h"
 #include "tokenizer/chat_template.h"
+#include "util/clock.h"
 #include "util/fs.h"
 #include "util/log.h"
 
@@ -100,23 +101,6 @@ struct generation {
     int step_rc;
     perr step_err;
 };
-
-/* The CLOCK_REALTIME instant ns nanoseconds from now (pthread_cond_timedwait's deadline). */
-static struct timespec deadline_after(long ns)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += (t.tv_nsec + ns) / 1000000000L;
-    t.tv_nsec = (t.tv_nsec + ns) % 1000000000L;
-    return t;
-}
-
-static double monotonic_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 static void add_eos(engine *e, int32_t id)
 {

@@ -8,6 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/clock.h"
+
 #define MAX_FILES 4096
 #define MAX_SHOWN 8
 
@@ -32,13 +34,6 @@ struct progress {
     double t0;
     int lines_drawn;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 const char *format_bytes(long long n, char *buf, size_t len)
 {
@@ -132,7 +127,7 @@ void progress_file_done(progress *p, int id)
 static void total_line(progress *p, char *line, size_t n)
 {
     long long done = atomic_load(&p->done);
-    double el = now_s() - p->t0;
+    double el = monotonic_s() - p->t0;
     double rate = el > 0.2 ? (double)(done - p->already) / el : 0;
     char a[32], b[32], r[32], eta[32];
     format_bytes(done, a, sizeof a);
@@ -182,12 +177,8 @@ static void *draw_thread(void *arg)
     double period = p->tty ? 0.2 : 5.0;
     pthread_mutex_lock(&p->mu);
     while (!p->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        long ns = ts.tv_nsec + (long)(period * 1e9);
-        ts.tv_sec += ns / 1000000000L;
-        ts.tv_nsec = ns % 1000000000L;
-        int rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        const struct timespec until = deadline_after((long)(period * 1e9));
+        int rc = pthread_cond_timedwait(&p->cv, &p->mu, &until);
         if (p->stop)
             break;
         if (rc == ETIMEDOUT)
@@ -201,7 +192,7 @@ void progress_start(progress *p)
 {
     if (!p)
         return;
-    p->t0 = now_s();
+    p->t0 = monotonic_s();
     if (!p->enabled)
         return;
     p->running = pthread_create(&p->thread, NULL, draw_thread, p) == 0;
@@ -225,7 +216,7 @@ void progress_finish(progress *p, bool ok)
                 fprintf(p->out, "\033[2K\n");
             fprintf(p->out, "\033[%dA", p->lines_drawn);
         }
-        double el = now_s() - p->t0;
+        double el = monotonic_s() - p->t0;
         long long fetched = atomic_load(&p->done) - p->already;
         char a[32], r[32];
         format_bytes(fetched, a, sizeof a);
