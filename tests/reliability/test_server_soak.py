@@ -175,12 +175,14 @@ class Client:
 class ServerSoak(unittest.TestCase):
     def setUp(self):
         self.port = free_port()
-        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), "punie-soak-%d.log" % os.getpid()), "w+")
-        self.proc = subprocess.Popen([BIN, "serve", "--model", MODEL, "--port", str(self.port), "--threads", "2",
-                                      "--parallel", "2"], stdout=self.log, stderr=subprocess.STDOUT)
+        # The server writes its own handle; reading through it would move the offset the server writes at.
+        self.log_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "punie-soak-%d.log" % os.getpid())
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([BIN, "serve", "--model", MODEL, "--port", str(self.port), "--threads",
+                                          "2", "--parallel", "2"], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + 120
         while time.time() < deadline:
-            self.assertIsNone(self.proc.poll(), self.server_output())
+            self.assert_running()
             if self.health():
                 return
             time.sleep(0.2)
@@ -195,12 +197,14 @@ class ServerSoak(unittest.TestCase):
                 self.proc.kill()
                 self.proc.wait()
                 self.fail("server did not stop on SIGTERM")
-        self.log.close()
 
     def server_output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()[-4000:]
+        with open(self.log_path, "rb") as log:
+            return log.read()[-4000:].decode("utf-8", "replace")
+
+    def assert_running(self):
+        if self.proc.poll() is not None:
+            self.fail("server died (exit %s):\n%s" % (self.proc.returncode, self.server_output()))
 
     def health(self):
         try:
@@ -255,13 +259,14 @@ class ServerSoak(unittest.TestCase):
             t.start()
         health_checks = 0
         while any(t.is_alive() for t in threads):
-            self.assertIsNone(self.proc.poll(), "server died:\n" + self.server_output())
+            self.assert_running()
             self.assertTrue(self.health(), "no /health answer under load")
             health_checks += 1
             time.sleep(0.5)
         for t in threads:
             t.join()
-        self.assertEqual(errors, [], self.server_output())
+        if errors:
+            self.fail("%s\n%s" % (errors, self.server_output()))
         return served, health_checks
 
     def test_soak(self):
@@ -275,7 +280,7 @@ class ServerSoak(unittest.TestCase):
 
         served, checks = self.run_clients(SECONDS, seed=2)
         self.assertTrue(self.health())
-        self.assertIsNone(self.proc.poll(), self.server_output())
+        self.assert_running()
         threads = self.settle(pid, base_threads, "task")
         fds = self.settle(pid, base_fds, "fd")
         rss = proc_status(pid, "VmRSS")
