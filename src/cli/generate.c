@@ -349,16 +349,11 @@ int cmd_generate(int argc, char **argv)
     double t1 = monotonic_s();
     if (print_ids)
         fprintf(stderr, "ids:");
-    /* The step just evaluated put the logits of each of its tokens in rows 0..k: the token sampled
-     * from row r is the one after draft[r - 1] (after the step's first token for r = 0), and while it
-     * equals draft[r] that draft token is already in the cache and row r + 1 is next. */
-    lookup_budget budget;
-    lookup_budget_init(&budget, draft_max);
-    int32_t step[LOOKUP_DRAFT_MAX + 1], *draft = step + 1;
-    int k = 0, row = 0, base = 0, drafted = 0, accepted = 0;
-    double step_s = 0; /* how long the step took */
+    /* The step just evaluated put the logits of each of its tokens in rows 0..k (model/lookup.h). */
+    lookup_step ls;
+    lookup_step_init(&ls, draft_max);
     while (n_gen < max_tokens) {
-        int id = sampler_sample(smp, logits + (size_t)row * V, V, hist, n_hist, NULL);
+        int id = sampler_sample(smp, logits + (size_t)ls.row * V, V, hist, n_hist, NULL);
         n_gen++;
         bool stop = false;
         for (int i = 0; i < n_stops; i++)
@@ -375,32 +370,22 @@ int cmd_generate(int argc, char **argv)
         free(piece);
         if (n_gen >= max_tokens)
             break;
-        if (row < k && id == draft[row]) {
-            row++;
-            accepted++;
+        if (lookup_step_keep(&ls, id))
             continue;
-        }
-        if (k > 0) { /* drop the rest of the draft from the cache */
-            lookup_budget_update(&budget, k, row, step_s);
-            model_ctx_truncate(ctx, base + 1 + row);
-        }
+        const int cut = lookup_step_cut(&ls);
+        if (cut >= 0)
+            model_ctx_truncate(ctx, cut);
         if (model_ctx_pos(ctx) >= model_ctx_n_ctx(ctx))
             break;
         /* next step: id and a draft that fits the context and the tokens still wanted */
-        step[0] = id;
-        k = lookup_plan(&budget, hist, n_hist, model_ctx_n_ctx(ctx) - model_ctx_pos(ctx) - 1,
-                        max_tokens - n_gen - 1, draft);
-        drafted += k;
-        base = model_ctx_pos(ctx);
-        row = 0;
-        step_s = monotonic_s();
-        if (model_ctx_eval(ctx, step, k + 1, k ? NULL : logits, k ? logits : NULL, &err) != 0) {
+        const int k = lookup_step_plan(&ls, id, model_ctx_pos(ctx), hist, n_hist,
+                                       model_ctx_n_ctx(ctx) - model_ctx_pos(ctx) - 1, max_tokens - n_gen - 1);
+        const double t_step = monotonic_s();
+        if (model_ctx_eval(ctx, ls.tokens, k + 1, k ? NULL : logits, k ? logits : NULL, &err) != 0) {
             fprintf(stderr, "\npunie generate: %s\n", err.msg);
             goto out;
         }
-        step_s = monotonic_s() - step_s;
-        if (k == 0)
-            lookup_budget_single(&budget, step_s);
+        lookup_step_ran(&ls, monotonic_s() - t_step);
     }
     double t_gen = monotonic_s() - t1;
     char *piece = NULL;
@@ -418,8 +403,8 @@ int cmd_generate(int argc, char **argv)
     fprintf(stderr, "==========\n");
     fprintf(stderr, "Prompt: %zu tokens, %.3f tokens-per-sec\n", n_prompt, t_prompt > 0 ? n_prompt / t_prompt : 0.0);
     fprintf(stderr, "Generation: %d tokens, %.3f tokens-per-sec\n", n_gen, t_gen > 0 ? n_gen / t_gen : 0.0);
-    if (drafted > 0)
-        fprintf(stderr, "Lookup: %d of %d draft tokens accepted\n", accepted, drafted);
+    if (ls.drafted > 0)
+        fprintf(stderr, "Lookup: %d of %d draft tokens accepted\n", ls.accepted, ls.drafted);
     fprintf(stderr, "Peak memory: %.3f GB\n", ru.ru_maxrss / 1e6);
     fprintf(stderr, "Load: %.3f s\n", t_load);
     rc = 0;

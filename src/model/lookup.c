@@ -79,3 +79,47 @@ int lookup_plan(lookup_budget *b, const int32_t *hist, int n_hist, int ctx_room,
     max = tokens_left < max ? tokens_left : max;
     return max > 0 ? lookup_draft(hist, n_hist, draft, max) : 0;
 }
+
+void lookup_step_init(lookup_step *ls, int limit)
+{
+    memset(ls, 0, sizeof *ls);
+    lookup_budget_init(&ls->budget, limit);
+}
+
+int lookup_step_plan(lookup_step *ls, int32_t first, int base, const int32_t *hist, int n_hist, int ctx_room,
+                     int tokens_left)
+{
+    ls->tokens[0] = first;
+    ls->k = ctx_room > 0 ? lookup_plan(&ls->budget, hist, n_hist, ctx_room, tokens_left, ls->tokens + 1) : 0;
+    ls->row = 0;
+    ls->base = base;
+    ls->seconds = 0;
+    ls->drafted += ls->k;
+    return ls->k;
+}
+
+void lookup_step_ran(lookup_step *ls, double seconds)
+{
+    if (ls->k > 0)
+        ls->seconds = seconds;
+    else
+        lookup_budget_single(&ls->budget, seconds);
+}
+
+int lookup_step_keep(lookup_step *ls, int32_t id)
+{
+    if (ls->row >= ls->k || id != ls->tokens[1 + ls->row])
+        return 0;
+    ls->row++;
+    ls->accepted++;
+    return 1;
+}
+
+int lookup_step_cut(lookup_step *ls)
+{
+    if (ls->k == 0)
+        return -1;
+    lookup_budget_update(&ls->budget, ls->k, ls->row, ls->seconds);
+    ls->k = 0;
+    return ls->base + 1 + ls->row;
+}

@@ -45,4 +45,32 @@ void lookup_budget_update(lookup_budget *b, int drafted, int accepted, double se
  * still wanted after it (tokens_left), found in hist[0, n_hist) by lookup_draft. */
 int lookup_plan(lookup_budget *b, const int32_t *hist, int n_hist, int ctx_room, int tokens_left, int32_t *draft);
 
+/* One step of decoding with its draft, and what came of it. A step evaluates `tokens` (the token to
+ * decode, then k draft tokens) from cache length base, one row of logits for each; the token sampled
+ * from row r follows tokens[r], and while it equals tokens[r + 1] (a draft token, already in the
+ * cache) row r + 1 is next. The first token that differs ends the step: the rest of the draft is cut
+ * from the cache. Totals of drafted and kept tokens are kept for the figures. */
+typedef struct lookup_step {
+    lookup_budget budget;
+    int32_t tokens[LOOKUP_DRAFT_MAX + 1];
+    int k, row, base;
+    double seconds; /* how long the drafted step took */
+    int drafted, accepted;
+} lookup_step;
+
+void lookup_step_init(lookup_step *ls, int limit);
+/* The coming step decodes `first` from cache length base, with a draft planned by lookup_plan when
+ * ctx_room allows (0: a step without one). Returns k; the step's tokens are ls->tokens[0, k + 1). */
+int lookup_step_plan(lookup_step *ls, int32_t first, int base, const int32_t *hist, int n_hist, int ctx_room,
+                     int tokens_left);
+/* The planned step took seconds: a drafted step's time weighs it when it ends, a plain step's is what
+ * drafted steps are weighed against (call it only for steps the generation ran alone). */
+void lookup_step_ran(lookup_step *ls, double seconds);
+/* Sampled token id, from row ls->row: 1 when it is the next draft token (in the cache already; its
+ * successor's logits are in the next row), else 0. */
+int lookup_step_keep(lookup_step *ls, int32_t id);
+/* After a token that was not kept: ends the step and returns the cache length that drops the rest of
+ * its draft, or -1 when the step had no draft (nothing to cut). */
+int lookup_step_cut(lookup_step *ls);
+
 #endif

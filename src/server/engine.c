@@ -91,13 +91,9 @@ struct generation {
     int steps_beside;     /* other generations' decode steps while its prompt was read */
     bool step_done;  /* its batch step ran (under batch_lock) */
     int max_batch;   /* the most generations one of its steps ran with */
-    /* prompt lookup (model/lookup.h): a step evaluated `step` (the pending token, then k draft
-     * tokens) from cache length `base`, the logits of each in rows; `row` is the next to sample */
-    lookup_budget budget;
+    /* prompt lookup (model/lookup.h): a drafted step's logits, one row per token, in rows */
+    lookup_step ls;
     float *rows;
-    int32_t step[LOOKUP_DRAFT_MAX + 1];
-    int k, row, base, drafted, accepted;
-    double step_s; /* how long the drafted step took */
     int step_rc;
     perr step_err;
 };
@@ -333,7 +329,7 @@ generation *engine_begin(engine *e, const int32_t *prompt, size_t n, const gen_p
     g->prompt = malloc(n * sizeof *prompt);
     g->sampler = sampler_new(&p->sampling, e->n_valid);
     g->scratch = malloc((size_t)e->vocab * sizeof *g->scratch);
-    lookup_budget_init(&g->budget, e->draft_max);
+    lookup_step_init(&g->ls, e->draft_max);
     g->rows = e->draft_max > 0 ? malloc((size_t)(e->draft_max + 1) * e->vocab * sizeof *g->rows) : NULL;
     if (!g->prompt || !g->sampler || !g->scratch || (e->draft_max > 0 && !g->rows)) {
         perr_set(err, "out of memory");
@@ -394,8 +390,8 @@ fail:
 int generation_prompt_tokens(const generation *g) { return g->n_prompt; }
 void generation_lookup_stats(const generation *g, int *drafted, int *accepted)
 {
-    *drafted = g->drafted;
-    *accepted = g->accepted;
+    *drafted = g->ls.drafted;
+    *accepted = g->ls.accepted;
 }
 int generation_max_batch(const generation *g) { return g->max_batch; }
 int generation_steps_beside(const generation *g) { return g->steps_beside; }
@@ -532,41 +528,33 @@ static int decode_step(generation *g, perr *err);
 
 /* Evaluates g's pending token: with a draft from prompt lookup when g decodes alone and one is
  * found (logits of every token into g->rows), else through decode_step. */
-static int lookup_step(generation *g, perr *err)
+static int step_pending(generation *g, perr *err)
 {
     engine *e = g->e;
     slot *s = g->s;
-    int k = 0;
     pthread_mutex_lock(&e->batch_lock);
     const bool alone = e->n_decoding <= 1;
     pthread_mutex_unlock(&e->batch_lock);
-    if (alone && e->draft_max > 0) {
-        s->tokens[s->n_tokens] = g->pending; /* the text so far ends with it */
-        k = lookup_plan(&g->budget, s->tokens, s->n_tokens + 1, e->n_ctx - s->n_tokens - 1,
-                        g->params.max_tokens - g->n_generated - 1, g->step + 1);
-    }
+    s->tokens[s->n_tokens] = g->pending; /* the text so far ends with it */
+    const int k = lookup_step_plan(&g->ls, g->pending, s->n_tokens, s->tokens, s->n_tokens + 1,
+                                   alone ? e->n_ctx - s->n_tokens - 1 : 0,
+                                   g->params.max_tokens - g->n_generated - 1);
     const double t0 = monotonic_s();
     if (k == 0) {
-        g->k = 0;
         if (decode_step(g, err) != 0)
             return -1;
         g->pending = -1;
         if (alone) /* a step of its own: what drafted steps are weighed against */
-            lookup_budget_single(&g->budget, monotonic_s() - t0);
+            lookup_step_ran(&g->ls, monotonic_s() - t0);
         return 0;
     }
-    g->step[0] = g->pending;
-    g->base = s->n_tokens;
-    if (eval(g, g->step, k + 1, false, g->rows, err) != 0)
+    if (eval(g, g->ls.tokens, k + 1, false, g->rows, err) != 0)
         return -1;
-    g->step_s = monotonic_s() - t0;
+    lookup_step_ran(&g->ls, monotonic_s() - t0);
     pthread_mutex_lock(&e->batch_lock);
     e->decode_steps++;
     pthread_cond_broadcast(&e->batch_cond);
     pthread_mutex_unlock(&e->batch_lock);
-    g->k = k;
-    g->row = 0;
-    g->drafted += k;
     g->pending = -1;
     return 0;
 }
@@ -680,7 +668,7 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
             *finish = GEN_LENGTH;
             return 0;
         }
-        if (g->pending >= 0 && lookup_step(g, err) != 0)
+        if (g->pending >= 0 && step_pending(g, err) != 0)
             return -1;
     }
     if (g->n_generated >= g->params.max_tokens) {
@@ -688,8 +676,9 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
         return 0;
     }
     /* this token's logits, and the tokens before it (a drafted step's cache holds the draft too) */
-    float *logits = g->k > 0 ? g->rows + (size_t)g->row * e->vocab : s->logits;
-    const int n_before = g->k > 0 ? g->base + 1 + g->row : s->n_tokens;
+    const lookup_step *ls = &g->ls;
+    float *logits = ls->k > 0 ? g->rows + (size_t)ls->row * e->vocab : s->logits;
+    const int n_before = ls->k > 0 ? ls->base + 1 + ls->row : s->n_tokens;
     float lse = 0;
     if (g->params.logprobs) {
         memcpy(g->scratch, logits, (size_t)e->vocab * sizeof *g->scratch);
@@ -707,16 +696,12 @@ int generation_next(generation *g, gen_token *tok, enum gen_finish *finish, perr
     tok->id = id;
     tok->logprob = g->params.logprobs ? g->scratch[id] - lse : 0;
     g->n_generated++;
-    if (g->k > 0 && g->row < g->k && id == g->step[1 + g->row]) {
-        g->row++; /* the draft was right: this token is in the cache, its logits in the next row */
-        g->accepted++;
-        return 1;
-    }
-    if (g->k > 0) { /* drop the rest of the draft from the cache */
-        lookup_budget_update(&g->budget, g->k, g->row, g->step_s);
-        model_ctx_truncate(s->ctx, g->base + 1 + g->row);
-        s->n_tokens = g->base + 1 + g->row;
-        g->k = 0;
+    if (lookup_step_keep(&g->ls, id))
+        return 1; /* the draft was right: this token is in the cache, its logits in the next row */
+    const int cut = lookup_step_cut(&g->ls);
+    if (cut >= 0) { /* drop the rest of the draft from the cache */
+        model_ctx_truncate(s->ctx, cut);
+        s->n_tokens = cut;
     }
     g->pending = id;
     return 1;

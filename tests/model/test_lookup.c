@@ -85,6 +85,23 @@ int main(void)
     CHECK(lookup_plan(&bg, a, 9, 0, 100, out) == 0, "plan: a full context");
     CHECK(lookup_plan(&bg, d, 6, 100, 100, out) == 0, "plan: nothing repeats");
 
+    /* a step: the next token and a draft; samples kept while they equal it, the rest cut */
+    lookup_step ls;
+    lookup_step_init(&ls, 8);
+    CHECK(lookup_step_plan(&ls, 9, 50, a, 9, 100, 100) == 4 && ls.tokens[0] == 9 && ls.base == 50,
+          "step: planned from the budget");
+    lookup_step_ran(&ls, 0.02);
+    CHECK(lookup_step_keep(&ls, ls.tokens[1]) && ls.row == 1, "step: a draft token kept");
+    CHECK(!lookup_step_keep(&ls, ls.tokens[2] + 1) && ls.row == 1, "step: a different token is not");
+    CHECK(lookup_step_cut(&ls) == 52 && ls.k == 0, "step: the cache keeps the token and the draft token kept");
+    CHECK(ls.budget.next == 2, "step: a miss after one kept shrinks the next draft: %d", ls.budget.next);
+    CHECK(lookup_step_cut(&ls) == -1, "step: nothing more to cut");
+    CHECK(lookup_step_plan(&ls, 9, 52, a, 9, 0, 100) == 0 && ls.budget.skip == 0, "step: no room, no draft");
+    lookup_step_ran(&ls, 0.01);
+    CHECK(ls.budget.single_s == 0.01, "step: a plain step's time is the baseline");
+    CHECK(!lookup_step_keep(&ls, 5) && lookup_step_cut(&ls) == -1, "step without a draft keeps nothing");
+    CHECK(ls.drafted == 4 && ls.accepted == 1, "step totals: %d %d", ls.drafted, ls.accepted);
+
     lookup_budget_init(&bg, 0);
     CHECK(bg.next == 0 && lookup_budget_take(&bg) == 0, "off");
     lookup_budget_init(&bg, 2);
