@@ -10,7 +10,10 @@
  * the median pass and the fastest token with the best pass, since on a shared host both drift; and
  * a paired ratio times short decode steps each right after its own bandwidth passes. Then: decode
  * steps of 2 and 4 contexts together against one (serve --parallel), and the time sampling takes per
- * token with Qwen's generation_config against greedy. */
+ * token with Qwen's generation_config against greedy. With AVX-512 VNNI kernels, prefill is also set
+ * against its compute bound: the int8 dot-product peak measured in the same run over the multiply-adds
+ * a prompt token needs, and that bound against the decode roofline (the most prefill / decode this
+ * machine allows). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "int8_peak.h"
 #include "kernels/qmatmul.h"
 #include "model/model.h"
 #include "model/sampler.h"
@@ -189,6 +193,35 @@ static double median_of(double *v, int n)
 /* Decode steps of b contexts together (model_batch_decode, what `serve --parallel` does for
  * concurrent requests) against steps of one context, alternated; returns the median time of a
  * batched step divided by that of a single step, and the batched tokens/s in *tps. */
+typedef struct { double macs; } peak_arg;
+
+static void peak_part(void *arg, int part, int n_parts)
+{
+    const double macs = int8_peak_loop();
+    if (part == 0)
+        ((peak_arg *)arg)->macs = macs * n_parts;
+}
+
+/* int8 multiply-adds per second on `threads` threads (best of 3); 0 where not measurable. */
+static double int8_peak(int threads)
+{
+    if (!int8_peak_supported())
+        return 0;
+    threadpool *p = threadpool_new(threads);
+    if (!p)
+        return 0;
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        peak_arg a = {0};
+        const double t0 = now_s();
+        threadpool_run(p, peak_part, &a);
+        const double r = a.macs / (now_s() - t0);
+        best = r > best ? r : best;
+    }
+    threadpool_free(p);
+    return best;
+}
+
 static double batched_decode(model *m, int b, double *tps)
 {
     enum { PROMPT = 16 };
@@ -441,6 +474,20 @@ int main(int argc, char **argv)
            "passes right before it; quartiles %.2f-%.2f)\n", paired, pairs, PAIR_TOKENS, paired_lo, paired_hi);
     printf("RATIO prefill/decode    %.2f\n", prefill_tps / decode_tps);
     printf("RATIO rss/(weights+kv)  %.3f\n", rss / (files + kv));
+    if (strcmp(kernels_isa(), "avx512vnni") == 0) {
+        /* a prompt token: both int8 activation levels against every weight of every layer (the head
+         * runs for the last token only; attention's float work is left out) */
+        const double H = c->hidden_size, I = c->intermediate_size, qd = (double)c->n_heads * c->head_dim,
+                     kvd = (double)c->n_kv_heads * c->head_dim;
+        const double macs = 2.0 * c->n_layers * (H * qd + 2.0 * H * kvd + qd * H + 3.0 * H * I);
+        const double peak = int8_peak(threads), bound = peak / macs;
+        if (peak > 0) {
+            printf("prefill bound    %.2f tokens/s (int8 peak %.1f G multiply-adds/s on %d threads, %.2f G per "
+                   "token)\n", bound, peak / 1e9, threads, macs / 1e9);
+            printf("RATIO prefill/int8 bound %.2f\n", prefill_tps / bound);
+            printf("RATIO int8 bound/roofline %.2f (the most prefill/decode this machine allows)\n", bound / roofline);
+        }
+    }
 
     /* after the peak RSS was read: these add contexts of their own */
     for (int b = 2; b <= 4; b *= 2) {

@@ -6,6 +6,7 @@
  *   bench_kernels [--threads N] [--mb MiB-of-weights] [--isa NAME]... [--tokens N]
  */
 #include "kernels/qmatmul.h"
+#include "int8_peak.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -109,33 +110,19 @@ static double measure_bw(pool *p, const uint64_t *buf, size_t bytes)
 }
 
 /* ---- int8 dot-product peak: what prefill is bounded by when compute-bound ---- */
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-
 typedef struct { double macs; } peak_arg;
 
-/* Ten independent vpdpbusd chains per thread (more than latency x throughput), in asm so the
- * compiler keeps them in registers. */
-__attribute__((target("avx512f,avx512vnni"))) static void peak_job(void *a, int idx, int n)
+static void peak_job(void *a, int idx, int n)
 {
-    __m512i x = _mm512_set1_epi8(3), y = _mm512_set1_epi8(5);
-    __m512i c0 = x, c1 = x, c2 = x, c3 = x, c4 = x, c5 = x, c6 = x, c7 = x, c8 = x, c9 = x;
-    const long iters = 4000000;
-    for (long i = 0; i < iters; i++) {
-#define DP(c) __asm__ volatile("vpdpbusd %2, %1, %0" : "+v"(c) : "v"(x), "v"(y))
-        DP(c0); DP(c1); DP(c2); DP(c3); DP(c4); DP(c5); DP(c6); DP(c7); DP(c8); DP(c9);
-#undef DP
-    }
-    __asm__ volatile("" ::"v"(c0), "v"(c1), "v"(c2), "v"(c3), "v"(c4), "v"(c5), "v"(c6), "v"(c7), "v"(c8), "v"(c9));
+    const double macs = int8_peak_loop();
     if (idx == 0)
-        ((peak_arg *)a)->macs = (double)iters * 10 * 64 * n;
+        ((peak_arg *)a)->macs = macs * n;
 }
 
 /* int8 multiply-adds per second with all threads (best of 3), or 0 without AVX-512 VNNI. */
 static double vnni_peak(pool *p)
 {
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512vnni"))
+    if (!int8_peak_supported())
         return 0;
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
@@ -147,9 +134,6 @@ static double vnni_peak(pool *p)
     }
     return best;
 }
-#else
-static double vnni_peak(void *p) { (void)p; return 0; }
-#endif
 
 /* ---- matmul jobs ---- */
 typedef struct {
