@@ -22,6 +22,10 @@ typedef struct model model;
  * n_threads <= 0 means all cores. Errors name the file and tensor. */
 int model_load(const char *dir, int n_threads, model **out, perr *err);
 void model_free(model *m);
+/* Starts reading the weight files into memory in the background (see st_warm), so that a first
+ * request does not wait for the disk; model_free stops it. 0, or -1 if no thread could be started
+ * (the model works the same, reading weights as they are first used). */
+int model_warm_start(model *m);
 const model_config *model_get_config(const model *m);
 size_t model_weight_bytes(const model *m); /* bytes of weights read per generated token */
 

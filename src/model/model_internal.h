@@ -32,6 +32,10 @@ struct model {
     /* vector code picked for the CPU by qwen2_setup */
     attend_fn attend;     /* attend_queries for this CPU */
     silu_mul_fn silu_mul; /* v16_silu_mul_span for this CPU */
+    /* model_warm_start's reader: stopped and joined by model_free */
+    pthread_t warm_thread;
+    bool warm_started;
+    volatile int warm_stop;
 };
 
 /* Chooses the compute paths of the forward pass (qwen2.c). */

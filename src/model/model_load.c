@@ -284,10 +284,32 @@ static int load_layer(model *m, const quant_cfg *q, int l, perr *err)
     return 0;
 }
 
+static void *warm_main(void *arg)
+{
+    model *m = arg;
+    (void)st_warm(m->st, &m->warm_stop);
+    return NULL;
+}
+
+int model_warm_start(model *m)
+{
+    if (m->warm_started)
+        return 0;
+    m->warm_stop = 0;
+    if (pthread_create(&m->warm_thread, NULL, warm_main, m) != 0)
+        return -1;
+    m->warm_started = true;
+    return 0;
+}
+
 void model_free(model *m)
 {
     if (!m)
         return;
+    if (m->warm_started) { /* before the files are unmapped */
+        m->warm_stop = 1;
+        pthread_join(m->warm_thread, NULL);
+    }
     if (m->layers) {
         for (int l = 0; l < m->cfg.n_layers; l++) {
             layer_weights *L = &m->layers[l];

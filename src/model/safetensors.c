@@ -313,10 +313,22 @@ size_t st_mapped_bytes(const st_set *s)
     return n;
 }
 
-void st_prefetch(const st_set *s)
+size_t st_warm(const st_set *s, const volatile int *stop)
 {
-    for (int i = 0; i < s->n_maps; i++)
-        madvise(s->maps[i].base, s->maps[i].size, MADV_WILLNEED);
+    /* MADV_WILLNEED would be the hint for this, but the kernel reads only part of a large file for
+     * it (358 MB of a 1.7 GB one here); touching the pages in order is a read it does not cut short. */
+    const size_t page = 4096;
+    size_t done = 0;
+    unsigned sum = 0;
+    for (int i = 0; i < s->n_maps && !*stop; i++) {
+        const volatile uint8_t *p = s->maps[i].base;
+        for (size_t o = 0; o < s->maps[i].size && !*stop; o += page) {
+            sum += p[o];
+            done += s->maps[i].size - o < page ? s->maps[i].size - o : page;
+        }
+    }
+    (void)sum;
+    return done;
 }
 
 int st_open_file(const char *path, st_set **out, perr *err)

@@ -49,7 +49,9 @@ size_t st_mapped_bytes(const st_set *s);
 const char *st_dtype_name(enum st_dtype d);
 size_t st_dtype_size(enum st_dtype d);
 
-/* Asks the kernel to read the mapped files ahead (warm start). */
-void st_prefetch(const st_set *s);
+/* Reads the mapped files into memory in file order (one byte of every page, so the kernel's readahead
+ * streams them), stopping early once *stop is set; returns the bytes covered. For a server between its
+ * start and its first request: otherwise that request waits for the weights to come from disk. */
+size_t st_warm(const st_set *s, const volatile int *stop);
 
 #endif

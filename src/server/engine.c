@@ -143,6 +143,7 @@ int engine_load(const engine_options *o, engine **out, perr *err)
     snprintf(e->dir, sizeof e->dir, "%s", o->model_dir);
     if (model_load(o->model_dir, o->n_threads, &e->model, err) != 0)
         goto fail;
+    (void)model_warm_start(e->model); /* without it, weights are read as the first request uses them */
     if (tokenizer_load(o->model_dir, &e->tok, err) != 0)
         goto fail;
     const char *src = tokenizer_chat_template(e->tok);

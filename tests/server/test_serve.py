@@ -24,6 +24,22 @@ def clean_env(**extra):
     return env
 
 
+def mapping_kb(pid, name):
+    """Size and resident kB of the process's mappings of files named name (from /proc/PID/smaps)."""
+    size = rss = 0
+    inside = False
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            fields = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                inside = fields[-1].endswith("/" + name)
+            elif inside and fields[0] == "Size:":
+                size += int(fields[1])
+            elif inside and fields[0] == "Rss:":
+                rss += int(fields[1])
+    return size, rss
+
+
 class Server:
     """A running `punie serve`; its log goes to a file the tests can read."""
 
@@ -208,6 +224,22 @@ class StartUp(unittest.TestCase):
             status, _ = srv.json("GET", "/health")
             self.assertEqual(status, 200)
             self.assertEqual(srv.stop(sig), 0)
+
+    def test_weights_read_at_start(self):
+        """The weights are read into memory once the server is up, before any request asks for them."""
+        srv = Server()
+        try:
+            deadline = time.time() + 60
+            size = rss = 0
+            while time.time() < deadline:
+                size, rss = mapping_kb(srv.proc.pid, "model.safetensors")
+                if size and rss >= size:
+                    break
+                time.sleep(0.2)
+            self.assertGreater(size, 0, "the weights file is not mapped")
+            self.assertGreaterEqual(rss, size, "resident %d of %d kB without a request" % (rss, size))
+        finally:
+            self.assertEqual(srv.stop(), 0)
 
     def test_sigterm_during_generation(self):
         srv = Server("--ctx-size", "4096")
