@@ -549,8 +549,10 @@ static int step_pending(generation *g, perr *err)
             lookup_step_ran(&g->ls, monotonic_s() - t0);
         return 0;
     }
-    if (eval(g, g->ls.tokens, k + 1, false, g->rows, err) != 0)
+    if (eval(g, g->ls.tokens, k + 1, false, g->rows, err) != 0) {
+        (void)lookup_step_cut(&g->ls); /* no rows to sample from; eval() forgot the cache */
         return -1;
+    }
     lookup_step_ran(&g->ls, monotonic_s() - t0);
     pthread_mutex_lock(&e->batch_lock);
     e->decode_steps++;
