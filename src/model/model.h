@@ -23,9 +23,11 @@ typedef struct model model;
 int model_load(const char *dir, int n_threads, model **out, perr *err);
 void model_free(model *m);
 /* Starts reading the weight files into memory in the background (see st_warm), so that a first
- * request does not wait for the disk; model_free stops it. 0, or -1 if no thread could be started
- * (the model works the same, reading weights as they are first used). */
-int model_warm_start(model *m);
+ * request does not wait for the disk; model_free stops it. done (may be NULL) is called on that thread
+ * once every page was read, with the bytes and the seconds it took. 0, or -1 if no thread could be
+ * started (the model works the same, reading weights as they are first used). */
+typedef void (*model_warm_done_fn)(void *ud, size_t bytes, double seconds);
+int model_warm_start(model *m, model_warm_done_fn done, void *ud);
 const model_config *model_get_config(const model *m);
 size_t model_weight_bytes(const model *m); /* bytes of weights read per generated token */
 

@@ -36,6 +36,8 @@ struct model {
     pthread_t warm_thread;
     bool warm_started;
     volatile int warm_stop;
+    model_warm_done_fn warm_done;
+    void *warm_ud;
 };
 
 /* Chooses the compute paths of the forward pass (qwen2.c). */

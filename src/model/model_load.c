@@ -9,6 +9,7 @@
 #include <cjson/cJSON.h>
 
 #include "model/model_internal.h"
+#include "util/clock.h"
 #include "util/fs.h"
 
 #define CONFIG_MAX_BYTES (4u * 1024u * 1024u)
@@ -287,15 +288,20 @@ static int load_layer(model *m, const quant_cfg *q, int l, perr *err)
 static void *warm_main(void *arg)
 {
     model *m = arg;
-    (void)st_warm(m->st, &m->warm_stop);
+    const double t0 = monotonic_s();
+    const size_t bytes = st_warm(m->st, &m->warm_stop);
+    if (!m->warm_stop && m->warm_done)
+        m->warm_done(m->warm_ud, bytes, monotonic_s() - t0);
     return NULL;
 }
 
-int model_warm_start(model *m)
+int model_warm_start(model *m, model_warm_done_fn done, void *ud)
 {
     if (m->warm_started)
         return 0;
     m->warm_stop = 0;
+    m->warm_done = done;
+    m->warm_ud = ud;
     if (pthread_create(&m->warm_thread, NULL, warm_main, m) != 0)
         return -1;
     m->warm_started = true;

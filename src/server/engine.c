@@ -129,6 +129,12 @@ static void read_generation_eos(engine *e)
     cJSON_Delete(root);
 }
 
+static void log_weights_read(void *ud, size_t bytes, double seconds)
+{
+    (void)ud;
+    log_info("weights read into memory: %.2f GB in %.2f s", (double)bytes / 1e9, seconds);
+}
+
 int engine_load(const engine_options *o, engine **out, perr *err)
 {
     *out = NULL;
@@ -143,7 +149,8 @@ int engine_load(const engine_options *o, engine **out, perr *err)
     snprintf(e->dir, sizeof e->dir, "%s", o->model_dir);
     if (model_load(o->model_dir, o->n_threads, &e->model, err) != 0)
         goto fail;
-    (void)model_warm_start(e->model); /* without it, weights are read as the first request uses them */
+    /* without it, weights are read as the first request uses them */
+    (void)model_warm_start(e->model, log_weights_read, NULL);
     if (tokenizer_load(o->model_dir, &e->tok, err) != 0)
         goto fail;
     const char *src = tokenizer_chat_template(e->tok);

@@ -238,6 +238,9 @@ class StartUp(unittest.TestCase):
                 time.sleep(0.2)
             self.assertGreater(size, 0, "the weights file is not mapped")
             self.assertGreaterEqual(rss, size, "resident %d of %d kB without a request" % (rss, size))
+            while time.time() < deadline and "weights read into memory" not in srv.read_log():
+                time.sleep(0.2)
+            self.assertRegex(srv.read_log(), r"INFO weights read into memory: [0-9.]+ GB in [0-9.]+ s")
         finally:
             self.assertEqual(srv.stop(), 0)
 
