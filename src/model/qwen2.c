@@ -470,11 +470,10 @@ static void head_all(model_ctx *c, int n, float *logits)
     matmul1(m, &m->head, c->xn, n, logits, m->cfg.vocab_size);
 }
 
-int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_last, float *all_logits, perr *err)
+/* Whether n tokens may be appended to c: room in its cache, ids in the vocabulary. */
+static int check_append(const model_ctx *c, const int32_t *tokens, int n, perr *err)
 {
-    model *m = c->m;
-    const model_config *cfg = &m->cfg;
-    const int H = cfg->hidden_size, V = cfg->vocab_size;
+    const int V = c->m->cfg.vocab_size;
     if (n <= 0)
         return perr_set(err, "no tokens to evaluate");
     if (n > c->n_ctx - c->pos)
@@ -483,6 +482,16 @@ int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_las
     for (int i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
             return perr_set(err, "token id %d is outside the vocabulary (0..%d)", tokens[i], V - 1);
+    return 0;
+}
+
+int model_ctx_eval(model_ctx *c, const int32_t *tokens, int n, float *logits_last, float *all_logits, perr *err)
+{
+    model *m = c->m;
+    const model_config *cfg = &m->cfg;
+    const int H = cfg->hidden_size, V = cfg->vocab_size;
+    if (check_append(c, tokens, n, err) != 0)
+        return -1;
 
     pthread_mutex_lock(&m->pool_lock);
     for (int done = 0; done < n;) {
@@ -518,10 +527,8 @@ int model_batch_decode(model_ctx *const *ctxs, const int32_t *tokens, int n, flo
         for (int i = 0; i < j; i++)
             if (ctxs[i] == ctxs[j])
                 return perr_set(err, "a context appears twice in one batch");
-        if (ctxs[j]->pos >= ctxs[j]->n_ctx)
-            return perr_set(err, "context overflow: %d tokens held, context size %d", ctxs[j]->pos, ctxs[j]->n_ctx);
-        if (tokens[j] < 0 || tokens[j] >= m->cfg.vocab_size)
-            return perr_set(err, "token id %d is outside the vocabulary (0..%d)", tokens[j], m->cfg.vocab_size - 1);
+        if (check_append(ctxs[j], &tokens[j], 1, err) != 0)
+            return -1;
     }
     pthread_mutex_lock(&m->pool_lock);
     forward(c, ctxs, tokens, n);

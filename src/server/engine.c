@@ -439,10 +439,10 @@ void generation_end(generation *g)
 
 /* Evaluates tokens and appends them to the slot's record of its cache; the last token's logits go to
  * the slot when want_logits, every token's to all_logits when not NULL. */
-static int eval(generation *g, const int32_t *toks, int n, bool want_logits, float *all_logits, perr *err)
+/* Records what evaluating toks (rc: the evaluation's result) did to the slot's cache. */
+static int record_eval(slot *s, int rc, const int32_t *toks, int n)
 {
-    slot *s = g->s;
-    if (model_ctx_eval(s->ctx, toks, n, want_logits ? s->logits : NULL, all_logits, err) != 0) {
+    if (rc != 0) {
         /* The cache may now hold part of the batch: forget it all rather than guess. */
         model_ctx_truncate(s->ctx, 0);
         s->n_tokens = 0;
@@ -451,6 +451,12 @@ static int eval(generation *g, const int32_t *toks, int n, bool want_logits, flo
     memcpy(s->tokens + s->n_tokens, toks, (size_t)n * sizeof *toks);
     s->n_tokens += n;
     return 0;
+}
+
+static int eval(generation *g, const int32_t *toks, int n, bool want_logits, float *all_logits, perr *err)
+{
+    slot *s = g->s;
+    return record_eval(s, model_ctx_eval(s->ctx, toks, n, want_logits ? s->logits : NULL, all_logits, err), toks, n);
 }
 
 /* Evaluates the next chunk of the prompt (after matching the slot's cache, the first time).
@@ -520,15 +526,11 @@ static void run_step(engine *e, generation **members, int n)
     for (int j = 0; j < n; j++) {
         generation *g = members[j];
         slot *s = g->s;
-        g->step_rc = rc;
-        if (rc != 0) {
+        g->step_rc = record_eval(s, rc, &g->pending, 1);
+        if (rc != 0)
             g->step_err = err;
-            model_ctx_truncate(s->ctx, 0); /* as eval() does: forget the cache rather than guess */
-            s->n_tokens = 0;
-            continue;
-        }
-        memcpy(s->logits, e->batch_logits + (size_t)j * e->vocab, (size_t)e->vocab * sizeof *s->logits);
-        s->tokens[s->n_tokens++] = g->pending;
+        else
+            memcpy(s->logits, e->batch_logits + (size_t)j * e->vocab, (size_t)e->vocab * sizeof *s->logits);
     }
 }
 
