@@ -10,14 +10,8 @@
 #include <cjson/cJSON.h>
 
 #include "tokenizer/chat_template.h"
+#include "util/clock.h"
 #include "util/fs.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* A whole file through punie's read_file, or NULL. */
 static char *slurp(const char *path)
@@ -31,7 +25,7 @@ static void run(const char *name, const chat_template *t, const cJSON *msgs, con
     perr err = {0};
     char *out = NULL;
     size_t len = 0;
-    double t0 = now_s();
+    double t0 = monotonic_s();
     for (int i = 0; i < iters; i++) {
         free(out);
         if (chat_template_render(t, msgs, tools, true, NULL, &out, &len, &err) != 0) {
@@ -39,14 +33,14 @@ static void run(const char *name, const chat_template *t, const cJSON *msgs, con
             return;
         }
     }
-    double render = (now_s() - t0) / iters;
+    double render = (monotonic_s() - t0) / iters;
     char *copy = malloc(len + 1);
-    t0 = now_s();
+    t0 = monotonic_s();
     for (int i = 0; i < iters; i++) {
         memcpy(copy, out, len);
         __asm__ volatile("" ::"r"(copy) : "memory");
     }
-    double base = (now_s() - t0) / iters;
+    double base = (monotonic_s() - t0) / iters;
     printf("%-22s %9zu bytes  render %9.1f us  %7.1f MB/s  memcpy baseline ratio %.0fx\n", name, len, render * 1e6,
            (double)len / render / 1e6, base > 0 ? render / base : 0.0);
     free(copy);
@@ -69,12 +63,12 @@ int main(int argc, char **argv)
     }
     perr err = {0};
     chat_template *t;
-    double t0 = now_s();
+    double t0 = monotonic_s();
     if (chat_template_compile(src->valuestring, &t, &err) != 0) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
-    printf("compile Qwen2.5 template: %.1f us\n", (now_s() - t0) * 1e6);
+    printf("compile Qwen2.5 template: %.1f us\n", (monotonic_s() - t0) * 1e6);
 
     snprintf(path, sizeof path, "%s/fixtures/reference/tiny-random-qwen2-4bit/agent-tools.request.json", shared);
     char *req_text = slurp(path);

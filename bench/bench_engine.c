@@ -27,14 +27,8 @@
 #include "kernels/qmatmul.h"
 #include "model/model.h"
 #include "model/sampler.h"
+#include "util/clock.h"
 #include "util/threadpool.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 struct bw_task {
     const uint64_t *buf;
@@ -91,9 +85,9 @@ static void bw_child_main(int req, int resp, int threads, size_t mib)
         double rate = 0;
         if (p) {
             task.prefetch = cmd & 1;
-            double t0 = now_s();
+            double t0 = monotonic_s();
             threadpool_for(p, bw_item, &task, items);
-            rate = (double)n * 8 / (now_s() - t0) / 1e9;
+            rate = (double)n * 8 / (monotonic_s() - t0) / 1e9;
         }
         if (write(resp, &rate, sizeof rate) != (ssize_t)sizeof rate)
             break;
@@ -190,9 +184,6 @@ static double median_of(double *v, int n)
 
 #define BATCH_ROUNDS 8
 
-/* Decode steps of b contexts together (model_batch_decode, what `serve --parallel` does for
- * concurrent requests) against steps of one context, alternated; returns the median time of a
- * batched step divided by that of a single step, and the batched tokens/s in *tps. */
 typedef struct { double macs; } peak_arg;
 
 static void peak_part(void *arg, int part, int n_parts)
@@ -213,47 +204,50 @@ static double int8_peak(int threads)
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
         peak_arg a = {0};
-        const double t0 = now_s();
+        const double t0 = monotonic_s();
         threadpool_run(p, peak_part, &a);
-        const double r = a.macs / (now_s() - t0);
+        const double r = a.macs / (monotonic_s() - t0);
         best = r > best ? r : best;
     }
     threadpool_free(p);
     return best;
 }
 
+/* Decode steps of b contexts together (model_batch_decode, what `serve --parallel` does for
+ * concurrent requests) against steps of one context, alternated; returns the median time of a
+ * batched step divided by that of a single step, and the batched tokens/s in *tps. */
 static double batched_decode(model *m, int b, double *tps)
 {
     enum { PROMPT = 16 };
-    model_ctx *ctxs[8];
+    model_ctx *ctxs[8] = {0};
     int32_t toks[8], prompt[PROMPT];
-    perr err;
+    perr err = {0};
     const int V = model_get_config(m)->vocab_size;
     float *logits = malloc((size_t)b * V * sizeof *logits);
     double one[BATCH_ROUNDS], many[BATCH_ROUNDS];
+    int rounds = 0, ok = logits != NULL;
     for (int i = 0; i < PROMPT; i++)
         prompt[i] = (i * 7919 + 11) % 151000;
-    for (int j = 0; j < b; j++)
-        if (model_ctx_new(m, PROMPT + 2 * BATCH_ROUNDS + 2, &ctxs[j], &err) != 0 ||
-            model_ctx_eval(ctxs[j], prompt, PROMPT, NULL, NULL, &err) != 0) {
-            fprintf(stderr, "%s\n", err.msg);
-            return 0;
-        }
-    for (int r = 0; r < BATCH_ROUNDS; r++) {
+    for (int j = 0; j < b && ok; j++)
+        ok = model_ctx_new(m, PROMPT + 2 * BATCH_ROUNDS + 2, &ctxs[j], &err) == 0 &&
+             model_ctx_eval(ctxs[j], prompt, PROMPT, NULL, NULL, &err) == 0;
+    for (; ok && rounds < BATCH_ROUNDS; rounds++) {
         for (int j = 0; j < b; j++)
-            toks[j] = (r * 31 + j * 97 + 5) % 151000;
-        double t0 = now_s();
-        if (model_ctx_eval(ctxs[0], toks, 1, logits, NULL, &err) != 0)
-            break;
-        one[r] = now_s() - t0;
-        t0 = now_s();
-        if (model_batch_decode(ctxs, toks, b, logits, &err) != 0)
-            break;
-        many[r] = now_s() - t0;
+            toks[j] = (rounds * 31 + j * 97 + 5) % 151000;
+        double t0 = monotonic_s();
+        ok = model_ctx_eval(ctxs[0], toks, 1, logits, NULL, &err) == 0;
+        one[rounds] = monotonic_s() - t0;
+        t0 = monotonic_s();
+        ok = ok && model_batch_decode(ctxs, toks, b, logits, &err) == 0;
+        many[rounds] = monotonic_s() - t0;
     }
+    if (!ok)
+        fprintf(stderr, "batched decode: %s\n", logits ? err.msg : "out of memory");
     for (int j = 0; j < b; j++)
         model_ctx_free(ctxs[j]);
     free(logits);
+    if (!ok)
+        return 0;
     const double t_many = median_of(many, BATCH_ROUNDS);
     *tps = b / t_many;
     return t_many / median_of(one, BATCH_ROUNDS);
@@ -271,15 +265,15 @@ static double draft_step_ratio(model_ctx *c, int k, float *logits)
     for (int i = 0; i <= k; i++)
         toks[i] = (i * 4099 + 17) % 151000;
     for (int r = 0; r < BATCH_ROUNDS; r++) {
-        double t0 = now_s();
+        double t0 = monotonic_s();
         if (model_ctx_eval(c, toks, 1, logits, NULL, &err) != 0)
             return 0;
-        one[r] = now_s() - t0;
+        one[r] = monotonic_s() - t0;
         model_ctx_truncate(c, pos);
-        t0 = now_s();
+        t0 = monotonic_s();
         if (model_ctx_eval(c, toks, k + 1, NULL, logits, &err) != 0)
             return 0;
-        many[r] = now_s() - t0;
+        many[r] = monotonic_s() - t0;
         model_ctx_truncate(c, pos);
     }
     return median_of(many, BATCH_ROUNDS) / median_of(one, BATCH_ROUNDS);
@@ -295,9 +289,9 @@ static double sample_time(const sampler_params *p, const float *logits, int voca
     double t[REPS];
     for (int r = 0; r < REPS; r++) {
         memcpy(buf, logits, (size_t)vocab * sizeof *buf);
-        const double t0 = now_s();
+        const double t0 = monotonic_s();
         sampler_sample(sm, buf, vocab, hist, n_hist, NULL);
-        t[r] = now_s() - t0;
+        t[r] = monotonic_s() - t0;
     }
     sampler_free(sm);
     free(buf);
@@ -352,12 +346,12 @@ int main(int argc, char **argv)
         return 1;
     }
     model_free(m);
-    double t0 = now_s();
+    double t0 = monotonic_s();
     if (model_load(dir, threads, &m, &err) != 0) {
         fprintf(stderr, "model_load: %s\n", err.msg);
         return 1;
     }
-    double t_load = now_s() - t0;
+    double t_load = monotonic_s() - t0;
     const model_config *c = model_get_config(m);
     const int n_pairs = n_gen < 8 ? 8 : n_gen; /* paired steps of PAIR_TOKENS tokens (below) */
     int n_ctx = n_prompt + n_gen + n_pairs * PAIR_TOKENS + 1 + 8; /* + room for the lookup steps */
@@ -381,26 +375,26 @@ int main(int argc, char **argv)
         return 1;
     }
     model_ctx_truncate(ctx, 0);
-    t0 = now_s();
+    t0 = monotonic_s();
     if (model_ctx_eval(ctx, toks, n_prompt, logits, NULL, &err) != 0) {
         fprintf(stderr, "%s\n", err.msg);
         return 1;
     }
     int next = argmax(logits, c->vocab_size);
-    double t_prefill = now_s() - t0;
+    double t_prefill = monotonic_s() - t0;
 
     double *tok_s = malloc((size_t)n_gen * sizeof *tok_s);
-    t0 = now_s();
+    t0 = monotonic_s();
     for (int i = 0; i < n_gen; i++) {
-        double ti = now_s();
+        double ti = monotonic_s();
         if (model_ctx_eval(ctx, &next, 1, logits, NULL, &err) != 0) {
             fprintf(stderr, "%s\n", err.msg);
             return 1;
         }
         next = argmax(logits, c->vocab_size);
-        tok_s[i] = now_s() - ti;
+        tok_s[i] = monotonic_s() - ti;
     }
-    double t_decode = now_s() - t0;
+    double t_decode = monotonic_s() - t0;
     qsort(tok_s, (size_t)n_gen, sizeof *tok_s, cmp_double);
     double median_tps = 1.0 / tok_s[n_gen / 2], best_tps = 1.0 / tok_s[0];
     free(tok_s);
@@ -419,7 +413,7 @@ int main(int argc, char **argv)
     int pairs = 0;
     for (int i = 0; i < n_pairs && pair_ratio; i++) {
         const double a = bw_pass(&bwc, 1), b = bw_pass(&bwc, 0), pass = a > b ? a : b;
-        double ti = now_s();
+        double ti = monotonic_s();
         for (int k = 0; k < PAIR_TOKENS; k++) {
             if (model_ctx_eval(ctx, &next, 1, logits, NULL, &err) != 0) {
                 fprintf(stderr, "%s\n", err.msg);
@@ -427,7 +421,7 @@ int main(int argc, char **argv)
             }
             next = argmax(logits, c->vocab_size);
         }
-        const double tps = PAIR_TOKENS / (now_s() - ti);
+        const double tps = PAIR_TOKENS / (monotonic_s() - ti);
         if (pass > 0)
             pair_ratio[pairs++] = tps / (pass * 1e9 / wbytes);
     }

@@ -7,6 +7,7 @@
  */
 #include "kernels/qmatmul.h"
 #include "int8_peak.h"
+#include "util/clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -14,13 +15,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- a tiny pool: every worker runs job(i) for its index, the caller is worker 0 ---- */
 typedef struct pool {
@@ -101,9 +95,9 @@ static double measure_bw(pool *p, const uint64_t *buf, size_t bytes)
     bw_arg a = {.buf = buf, .words = bytes / 8};
     double best = 1e30;
     for (int rep = 0; rep < 4; rep++) {
-        double t0 = now();
+        double t0 = monotonic_s();
         pool_run(p, bw_job, &a);
-        double dt = now() - t0;
+        double dt = monotonic_s() - t0;
         best = dt < best ? dt : best;
     }
     return (double)bytes / best / 1e9;
@@ -127,9 +121,9 @@ static double vnni_peak(pool *p)
     double best = 0;
     for (int rep = 0; rep < 3; rep++) {
         peak_arg a;
-        double t0 = now();
+        double t0 = monotonic_s();
         pool_run(p, peak_job, &a);
-        double r = a.macs / (now() - t0);
+        double r = a.macs / (monotonic_s() - t0);
         best = r > best ? r : best;
     }
     return best;
@@ -317,9 +311,9 @@ int main(int argc, char **argv)
         pool_run(&pn, mm_job, &m); /* warm-up */
         double best = 1e30;
         for (int rep = 0; rep < (scalar ? 1 : 4); rep++) {
-            double t0 = now();
+            double t0 = monotonic_s();
             pool_run(&pn, mm_job, &m);
-            double dt = now() - t0;
+            double dt = monotonic_s() - t0;
             best = dt < best ? dt : best;
         }
         double params = 0;
@@ -338,9 +332,9 @@ int main(int argc, char **argv)
         }
         double pbest = 1e30;
         for (int rep = 0; rep < 2; rep++) {
-            double t0 = now();
+            double t0 = monotonic_s();
             pool_run(&pn, mm_job, &pf);
-            double dt = now() - t0;
+            double dt = monotonic_s() - t0;
             pbest = dt < pbest ? dt : pbest;
         }
         double pf_gflops = 2 * pparams * n_prefill / pbest / 1e9;
@@ -349,12 +343,12 @@ int main(int argc, char **argv)
                      .rows_limit = pf.rows_limit};
         double qbest = 1e30;
         for (int rep = 0; rep < 2; rep++) {
-            double t0 = now();
+            double t0 = monotonic_s();
             for (int k = 0; k < 2; k++)
                 qact_reserve(qa.a[k], &ws[k], x, n_prefill);
             pool_run(&pn, qa_fill_job, &qa);
             pool_run(&pn, qa_mm_job, &qa);
-            double dt = now() - t0;
+            double dt = monotonic_s() - t0;
             qbest = dt < qbest ? dt : qbest;
         }
         qact_free(qa.a[0]);

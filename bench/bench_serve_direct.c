@@ -6,13 +6,7 @@
 #include <time.h>
 
 #include "server/engine.h"
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
+#include "util/clock.h"
 
 int main(int argc, char **argv)
 {
@@ -42,7 +36,7 @@ int main(int argc, char **argv)
     }
     gen_params p = {.max_tokens = max_tokens};
     sampler_params_init(&p.sampling);
-    double t0 = now();
+    double t0 = monotonic_s();
     generation *g = engine_begin(e, ids, n, &p, NULL, NULL, &err);
     if (!g) {
         fprintf(stderr, "Error: %s\n", err.msg);
@@ -56,7 +50,7 @@ int main(int argc, char **argv)
     while ((rc = generation_next(g, &tok, &why, &err)) > 0) {
         if (rc == 2)
             continue; /* a prompt chunk */
-        t_last = now();
+        t_last = monotonic_s();
         if (count++ == 0)
             t_first = t_last;
     }
